@@ -1,0 +1,164 @@
+# shellcheck shell=bash
+#
+# Shared library for the tradeops job scripts. A job sources this file and
+# calls job_init first:
+#
+#   . /usr/local/lib/tradeops/jobs.sh
+#   job_init backup          # strict mode, log file, lock, exit trap
+#   log_info "dumping trading_db"
+#   run_logged pg_dump ...   # command's stderr goes to the job log
+#   job_fail "$EX_UNAVAILABLE" "database 'trading_db' is not reachable"
+#
+# Every job logs to $TRADEOPS_LOG_DIR/<job>.log, one timestamped line per
+# event, and also to stderr when stderr is a terminal. The first line of a
+# run records the start and the last records "completed" or
+# "failed (code N)". A job never overlaps itself: job_init takes an flock
+# on $TRADEOPS_LOCK_DIR/tradeops-<job>.lock, which the kernel releases when
+# the process ends, however it ends.
+#
+# On exit, the job's last run (start, end, exit code, duration) is written
+# atomically to $TRADEOPS_STATE_DIR/<job>.status for monitoring.
+#
+# Exit codes, one per class of failure (the numbers follow sysexits.h, so
+# they mean the same to cron, monitoring and people):
+#
+#   0   EX_OK           the job did all its work
+#   1   EX_FAILURE      the job's own work failed (a dump, a check, a delete)
+#   64  EX_USAGE        invalid command-line arguments
+#   69  EX_UNAVAILABLE  a service the job needs (PostgreSQL) is unreachable
+#   73  EX_CANTCREAT    an output file could not be written (disk full, mode)
+#   75  EX_TEMPFAIL     another run of the same job holds the lock
+#   78  EX_CONFIG       the configuration is missing or invalid
+#
+# Settings, normally from /etc/default/tradeops:
+#   TRADEOPS_LOG_DIR    job logs (default /var/log/tradeops)
+#   TRADEOPS_LOCK_DIR   lock files (default /run/lock)
+#   TRADEOPS_STATE_DIR  last-run status files (default /var/lib/tradeops/status)
+#   TRADEOPS_LOCK_WAIT  seconds to wait for the lock; 0 exits at once with 75
+#   TRADEOPS_DRY_RUN    1 makes jobs that support it change nothing
+
+# shellcheck disable=SC2034 # the scripts that source this file use them
+readonly EX_OK=0 EX_FAILURE=1 EX_USAGE=64 EX_UNAVAILABLE=69 EX_CANTCREAT=73 EX_TEMPFAIL=75 EX_CONFIG=78
+
+if [[ -r /etc/default/tradeops ]]; then
+    # shellcheck source=/dev/null
+    . /etc/default/tradeops
+fi
+
+: "${TRADEOPS_LOG_DIR:=/var/log/tradeops}"
+: "${TRADEOPS_LOCK_DIR:=/run/lock}"
+: "${TRADEOPS_STATE_DIR:=/var/lib/tradeops/status}"
+: "${TRADEOPS_LOCK_WAIT:=0}"
+: "${TRADEOPS_DRY_RUN:=0}"
+
+JOB_NAME=
+JOB_LOG=
+JOB_STARTED_AT=
+JOB_STARTED_EPOCH=
+
+# Write one log line. Level is INFO, WARN or ERROR.
+_job_log() {
+    local level=$1
+    shift
+    local prefix=
+    [[ $TRADEOPS_DRY_RUN == 1 ]] && prefix='[DRY-RUN] '
+    local line
+    line="$(date -u +%Y-%m-%dT%H:%M:%SZ) ${JOB_NAME:-job}[$$] $level: $prefix$*"
+    if [[ -n $JOB_LOG ]]; then
+        printf '%s\n' "$line" >>"$JOB_LOG" || true
+    fi
+    if [[ -t 2 || -z $JOB_LOG ]]; then
+        printf '%s\n' "$line" >&2
+    fi
+}
+
+log_info() { _job_log INFO "$@"; }
+log_warn() { _job_log WARN "$@"; }
+log_error() { _job_log ERROR "$@"; }
+
+# Log an error and exit with the given code.
+job_fail() {
+    local code=$1
+    shift
+    log_error "$*"
+    exit "$code"
+}
+
+# True when the job runs with TRADEOPS_DRY_RUN=1.
+job_dry_run() { [[ $TRADEOPS_DRY_RUN == 1 ]]; }
+
+# Run a command and copy each line it writes to stderr into the job log.
+# Returns the command's own exit status; stdout passes through untouched.
+run_logged() {
+    local status=0
+    # The command's stderr goes through a FIFO-less process substitution,
+    # so "$?" below is the command's status, not a pipeline's.
+    "$@" 2> >(while IFS= read -r line; do _job_log INFO "$1: $line"; done) || status=$?
+    # Let the substituted reader drain before the caller logs the result.
+    wait $! 2>/dev/null || true
+    return "$status"
+}
+
+# Write the last-run status file; called from the exit trap.
+_job_write_status() {
+    local code=$1
+    local ended_epoch
+    ended_epoch=$(date +%s)
+    [[ -d $TRADEOPS_STATE_DIR && -w $TRADEOPS_STATE_DIR ]] || return 0
+    local tmp
+    tmp=$(mktemp "$TRADEOPS_STATE_DIR/.$JOB_NAME.XXXXXX") || return 0
+    if printf 'job=%s\nstarted_at=%s\nended_at=%s\nexit_code=%s\nduration_seconds=%s\n' \
+        "$JOB_NAME" "$JOB_STARTED_AT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$code" \
+        "$((ended_epoch - JOB_STARTED_EPOCH))" >"$tmp" && chmod 0644 "$tmp"; then
+        mv -f "$tmp" "$TRADEOPS_STATE_DIR/$JOB_NAME.status" || rm -f "$tmp"
+    else
+        rm -f "$tmp"
+    fi
+}
+
+_job_on_exit() {
+    local code=$?
+    trap - EXIT
+    if [[ $code -eq 0 ]]; then
+        log_info "$JOB_NAME completed"
+    else
+        log_error "$JOB_NAME failed (code $code)"
+    fi
+    # A run that never got the lock is not a run of the job: keep the
+    # status of the run that holds it.
+    if [[ $code -ne $EX_TEMPFAIL ]]; then
+        _job_write_status "$code"
+    fi
+    exit "$code"
+}
+
+# Start a job: strict mode, umask, log file, lock and exit trap.
+# Usage: job_init NAME [ARGS...]; ARGS are logged on the start line and
+# must not contain secrets.
+job_init() {
+    JOB_NAME=$1
+    shift
+    set -o errexit -o nounset -o pipefail
+    umask 027
+    if [[ ! $JOB_NAME =~ ^[a-z][a-z0-9_-]*$ ]]; then
+        printf 'job_init: invalid job name %q\n' "$JOB_NAME" >&2
+        exit "$EX_USAGE"
+    fi
+    if [[ -d $TRADEOPS_LOG_DIR && -w $TRADEOPS_LOG_DIR ]]; then
+        JOB_LOG=$TRADEOPS_LOG_DIR/$JOB_NAME.log
+    else
+        JOB_LOG=
+        _job_log WARN "log directory $TRADEOPS_LOG_DIR is not writable; logging to stderr only"
+    fi
+    JOB_STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    JOB_STARTED_EPOCH=$(date +%s)
+    trap _job_on_exit EXIT
+
+    local lockfile=$TRADEOPS_LOCK_DIR/tradeops-$JOB_NAME.lock
+    exec {JOB_LOCK_FD}>>"$lockfile" ||
+        job_fail "$EX_CANTCREAT" "cannot open lock file $lockfile"
+    if ! flock -w "$TRADEOPS_LOCK_WAIT" "$JOB_LOCK_FD"; then
+        job_fail "$EX_TEMPFAIL" "another $JOB_NAME run holds $lockfile; not starting"
+    fi
+    log_info "$JOB_NAME started${*:+ with $*}"
+}
