@@ -63,11 +63,15 @@ class Cluster:
 
     def execute(self, sql, params=None, dbname="postgres"):
         """Run one statement as the superuser and return all rows, if any."""
-        with self.connect(dbname) as conn, conn.cursor() as cur:
-            cur.execute(sql, params)
-            rows = cur.fetchall() if cur.description else None
-        conn.close()
-        return rows
+        # No "with conn": psycopg2 would wrap the statement in a transaction
+        # block, which CREATE DATABASE and VACUUM reject.
+        conn = self.connect(dbname)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else None
+        finally:
+            conn.close()
 
     def env(self):
         """Environment for client programs (pg_dump, psql) run as the superuser."""
