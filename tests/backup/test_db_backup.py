@@ -157,10 +157,10 @@ def test_backup_file_modes_and_owner(setup):
         assert os.stat(full).st_gid == 1
 
 
-def assert_no_new_backup(setup, kept):
+def assert_no_new_backup(setup, earlier_backups):
     names = setup.listing()
     assert [n for n in names if n.startswith(".tmp-")] == []
-    assert [n for n in names if looks_like_backup(n)] == kept
+    assert [n for n in names if looks_like_backup(n)] == earlier_backups
 
 
 def make_earlier_backup(setup):
@@ -170,14 +170,14 @@ def make_earlier_backup(setup):
 
 
 def test_wrong_password_fails_cleanly(setup):
-    kept = make_earlier_backup(setup)
+    earlier_backups = make_earlier_backup(setup)
     setup.write_pgpass("not the password")
     setup.use_alert_hook()
     result = setup.run("--kind", "full")
     assert result.returncode == 78
     assert "password authentication failed" in result.stderr
     assert "error: cannot log in to PostgreSQL" in result.stderr
-    assert_no_new_backup(setup, kept)
+    assert_no_new_backup(setup, earlier_backups)
     with open(setup.alert_log, encoding="utf-8") as handle:
         alert = handle.read()
     assert "subject=tradeops backup failed" in alert
@@ -186,12 +186,12 @@ def test_wrong_password_fails_cleanly(setup):
 
 
 def test_unreachable_server_fails_cleanly(setup):
-    kept = make_earlier_backup(setup)
+    earlier_backups = make_earlier_backup(setup)
     setup.set("database", "port", "1")
     result = setup.run("--kind", "full")
     assert result.returncode == 69
     assert "PostgreSQL is unreachable" in result.stderr
-    assert_no_new_backup(setup, kept)
+    assert_no_new_backup(setup, earlier_backups)
 
 
 def test_pg_dump_version_mismatch_rejected(setup):
@@ -208,7 +208,7 @@ def test_pg_dump_version_mismatch_rejected(setup):
 
 
 def test_backend_terminated_mid_dump(setup):
-    kept = make_earlier_backup(setup)
+    earlier_backups = make_earlier_backup(setup)
     setup.set("kind:full", "compression", "zstd")
     setup.slow_compressor(4)
     setup.use_alert_hook()
@@ -230,7 +230,7 @@ def test_backend_terminated_mid_dump(setup):
     assert process.returncode == 1
     assert "error: full backup failed: pg_dump exited with code 1" in stderr
     assert "terminating connection due to administrator command" in stderr
-    assert_no_new_backup(setup, kept)
+    assert_no_new_backup(setup, earlier_backups)
     with open(setup.alert_log, encoding="utf-8") as handle:
         assert "full backup on" in handle.read()
 
@@ -239,13 +239,13 @@ def test_full_disk_exits_73(setup):
     small = setup.dirs["postgres"]
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0750", "tmpfs", small], check=True)
     try:
-        kept = make_earlier_backup(setup)
+        earlier_backups = make_earlier_backup(setup)
         setup.set("kind:full", "compression", "none")
         result = setup.run("--kind", "full")
         assert result.returncode == 73
         assert "No space left on device" in result.stderr
         assert "is full" in result.stderr
-        assert_no_new_backup(setup, kept)
+        assert_no_new_backup(setup, earlier_backups)
     finally:
         subprocess.run(["umount", small], check=True)
 

@@ -34,7 +34,7 @@ def fabricate(directory, prefix, days_old, extension="dump", good=True, verified
     return name
 
 
-def prune(setup, kind, log_lines=None):
+def prune(setup, kind):
     settings = worker.Settings(setup.config_path)
     log = worker.Log(False)
     worker.apply_retention(settings, kind, NOW, log, dry_run=False)

@@ -78,9 +78,9 @@ def test_db_backup_as_tradeops_restores(host):
     if not is_db(host):
         pytest.skip("db host only")
     result = run_ok(host, "runuser -u tradeops -- /usr/local/sbin/tradeops-db-backup --json")
-    made = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [item["kind"] for item in made] == ["full", "schema", "critical"]
-    full = made[0]
+    written = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [item["kind"] for item in written] == ["full", "schema", "critical"]
+    full = written[0]
     backup = host.file(full["file"])
     assert backup.user == "tradeops"
     assert backup.group == "tradeops"
@@ -120,14 +120,14 @@ def test_app_backup_as_root(host):
     if is_db(host):
         pytest.skip("app host only")
     result = run_ok(host, "/usr/local/sbin/tradeops-app-backup --json")
-    made = {json.loads(line)["kind"]: json.loads(line) for line in result.stdout.splitlines()}
-    assert sorted(made) == ["config", "logs", "strategies"]
-    config = made["config"]
+    written = {json.loads(line)["kind"]: json.loads(line) for line in result.stdout.splitlines()}
+    assert sorted(written) == ["config", "logs", "strategies"]
+    config = written["config"]
     assert config["file"].endswith(".tar.zst")
     assert host.file(config["file"]).user == "tradeops"
     members = host.check_output("zstd -dc %s | tar -t" % config["file"])
     assert "opt/trading-app/.env" in members.splitlines()
-    strategies = json.loads(host.file(made["strategies"]["manifest"]).content_string)
+    strategies = json.loads(host.file(written["strategies"]["manifest"]).content_string)
     assert strategies["tables"]["public.strategies"] >= 0
     assert strategies["db_host"] == "tradeops-backup-db"
 
