@@ -130,3 +130,16 @@ def test_data_generator_rerun_keeps_data(host):
                       "/usr/local/share/tradeops/generate_trading_data.py --ticks 1000")
     assert result.rc == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["changed"] is False
+
+
+def test_cron_runs_cron_d_entry(host):
+    # A throwaway entry proves that cron reads /etc/cron.d and runs jobs,
+    # not only that the daemon is up. Cron rereads the folder each minute.
+    host.run("rm -f /tmp/tradeops-cron-proof")
+    host.run("echo '* * * * * root touch /tmp/tradeops-cron-proof' > /etc/cron.d/tradeops_cron_proof")
+    try:
+        result = host.run("for i in $(seq 1 130); do [ -e /tmp/tradeops-cron-proof ] && exit 0; "
+                          "sleep 1; done; exit 1")
+        assert result.rc == 0, "cron did not run an /etc/cron.d entry within 130 seconds"
+    finally:
+        host.run("rm -f /etc/cron.d/tradeops_cron_proof /tmp/tradeops-cron-proof")
