@@ -91,12 +91,19 @@ job_dry_run() { [[ $TRADEOPS_DRY_RUN == 1 ]]; }
 # Returns the command's own exit status; stdout passes through untouched.
 run_logged() {
     local status=0
-    # The command's stderr goes through a FIFO-less process substitution,
-    # so "$?" below is the command's status, not a pipeline's.
-    "$@" 2> >(while IFS= read -r line; do _job_log INFO "$1: $line"; done) || status=$?
-    # Let the substituted reader drain before the caller logs the result.
-    wait $! 2>/dev/null || true
+    # fd 3 carries the command's stdout around the pipe, which takes only
+    # its stderr. With pipefail the pipeline's status is the command's,
+    # because the reader loop itself always succeeds.
+    { "$@" 2>&1 1>&3 3>&- | _job_log_lines "$1"; } 3>&1 || status=$?
     return "$status"
+}
+
+_job_log_lines() {
+    local line
+    while IFS= read -r line || [[ -n $line ]]; do
+        _job_log INFO "$1: $line"
+    done
+    return 0
 }
 
 # Write the last-run status file; called from the exit trap.
