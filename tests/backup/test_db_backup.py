@@ -221,7 +221,7 @@ def test_backend_terminated_mid_dump(setup):
     def copying_backend():
         rows = admin_execute(setup.cluster, "SELECT pid FROM pg_stat_activity WHERE application_name = "
                              "'tradeops-backup pg_dump' AND state = 'active' "
-                             "AND query LIKE 'COPY public.tick_data%%'")
+                             "AND query LIKE 'COPY %%'")
         return rows[0][0] if rows else None
 
     pid = wait_for(copying_backend)
