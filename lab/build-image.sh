@@ -19,7 +19,10 @@ readonly BASE_PACKAGES=python3,python3-apt,cron,logrotate,procps,sudo,tini,gzip,
 # Installed afterwards in the chroot, with service starts disabled: the
 # PostgreSQL 15 server and client, and the driver the modules use. The
 # roles install the same packages again, so hosts converge in seconds.
-readonly EXTRA_PACKAGES="postgresql-15 postgresql-client-15 python3-psycopg2"
+# exim4 and bsd-mailx deliver alert mail to local mailboxes; matplotlib
+# draws the weekly report's charts.
+readonly EXTRA_PACKAGES=(postgresql-15 postgresql-client-15 python3-psycopg2 exim4-daemon-light bsd-mailx curl
+    python3-matplotlib)
 
 here=$(cd "$(dirname "$0")" && pwd)
 recipe_hash=$(sha256sum "$here/build-image.sh" | cut -c1-16)
@@ -53,7 +56,7 @@ debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$rootfs" "$MI
 printf '#!/bin/sh\nexit 101\n' > "$rootfs/usr/sbin/policy-rc.d"
 chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
 mount -t proc proc "$rootfs/proc"
-chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $EXTRA_PACKAGES >/dev/null
+chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${EXTRA_PACKAGES[@]}" >/dev/null
 umount "$rootfs/proc"
 rm -f "$rootfs/usr/sbin/policy-rc.d"
 # The package lists stay, so apt on a host needs no download to
