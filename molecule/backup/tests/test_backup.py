@@ -51,7 +51,7 @@ def test_db_job_files(host):
     assert conf.group == "tradeops"
     assert conf.mode == 0o640
     assert conf.contains("^kinds = full schema critical$")
-    passfile = host.file("/var/lib/tradeops/.pgpass")
+    passfile = host.file("/var/lib/tradeops/backup.pgpass")
     assert passfile.user == "tradeops"
     assert passfile.mode == 0o600
     folder = host.file("/opt/backups/postgres")
@@ -133,7 +133,7 @@ def test_app_backup_as_root(host):
 
 
 def test_password_only_in_pgpass(host, backup_password):
-    passfile = "/var/lib/tradeops/.pgpass" if is_db(host) else "/etc/tradeops/app-backup.pgpass"
+    passfile = "/var/lib/tradeops/backup.pgpass" if is_db(host) else "/etc/tradeops/app-backup.pgpass"
     assert host.file(passfile).content_string.splitlines()[-1].endswith(":" + backup_password
                                                                        .replace("\\", "\\\\")
                                                                        .replace(":", "\\:"))
