@@ -27,6 +27,7 @@ lab: host-packages venv image
 	ansible-playbook playbooks/lab-up.yml
 	ansible-playbook site.yml
 	ansible-playbook playbooks/lab-data.yml -e lab_data_ticks=$(LAB_TICKS)
+	ansible-playbook playbooks/backup.yml
 	ansible-playbook playbooks/lab-summary.yml
 
 lab-down: venv
