@@ -67,8 +67,15 @@ lint: venv
 	done
 	@echo "lint: passed"
 
+# One pytest session per folder: each folder's conftest.py has helpers its
+# tests import by the name "conftest", which would clash in one session.
 pytest: venv
-	python -m pytest tests -q -p no:cacheprovider
+	status=0; \
+	for dir in tests/*/; do \
+	    echo "=== pytest $$dir"; \
+	    python -m pytest "$$dir" -q -p no:cacheprovider || status=1; \
+	done; \
+	exit $$status
 
 molecule: venv image
 	for scenario in $(MOLECULE_SCENARIOS); do \
