@@ -148,7 +148,7 @@ class BackupSetup:
                 "user": BACKUP_USER, "passfile": self.passfile, "connect_timeout": "5",
                 "pg_dump": os.path.join(self.cluster.bin, "pg_dump"),
             },
-            "retention": {"keep_min": "3", "require_verified": "false"},
+            "retention": {"keep_min": "3", "require_verified_kinds": ""},
             "alert": {"command": ""},
             "tools": {"zstd": shutil.which("zstd") or "/usr/bin/zstd", "gzip": shutil.which("gzip"),
                       "pigz": "/usr/bin/pigz", "tar": shutil.which("tar")},

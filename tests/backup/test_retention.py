@@ -100,7 +100,7 @@ def test_damaged_backup_is_not_good(setup):
 
 
 def test_require_verified_counts_only_verified(setup):
-    setup.set("retention", "require_verified", "true")
+    setup.set("retention", "require_verified_kinds", "full,schema")
     directory = setup.dirs["postgres"]
     unverified = fabricate(directory, "full_backup", 10)
     failed = fabricate(directory, "full_backup", 11, verified="failed")
@@ -114,6 +114,24 @@ def test_require_verified_counts_only_verified(setup):
         assert name in left
         assert name + ".verify.json" in left
     assert verified[3] not in left
+
+
+def test_require_verified_leaves_other_kinds(setup):
+    setup.set("retention", "require_verified_kinds", "full")
+    directory = setup.dirs["postgres"]
+    unverified = [fabricate(directory, "critical_backup", days) for days in (30, 31, 32, 33)]
+    prune(setup, "critical")
+    left = set(setup.listing())
+    for name in unverified[:3]:
+        assert name in left
+    assert unverified[3] not in left
+
+
+def test_require_verified_unknown_kind_rejected(setup):
+    setup.set("retention", "require_verified_kinds", "full,nightly")
+    result = setup.run("--kind", "full")
+    assert result.returncode == 78
+    assert "require_verified_kinds has unknown kind nightly" in result.stderr
 
 
 def test_stale_temporary_file_removed(setup):

@@ -164,7 +164,14 @@ class Settings:
         self.pg_dump = get("database", "pg_dump", "/usr/lib/postgresql/15/bin/pg_dump")
 
         self.retention_keep_min = self.parser.getint("retention", "keep_min", fallback=3)
-        self.require_verified = self.parser.getboolean("retention", "require_verified", fallback=False)
+        # Kinds whose retention floor counts only backups with an ok
+        # verification record; other kinds count every intact backup.
+        verified_kinds = self.parser.get("retention", "require_verified_kinds", fallback="")
+        self.require_verified_kinds = {kind.strip() for kind in verified_kinds.split(",") if kind.strip()}
+        unknown = self.require_verified_kinds - set(ALL_KINDS)
+        if unknown:
+            raise BackupError(EX_CONFIG, "config file %s: [retention] require_verified_kinds has unknown kind %s;"
+                              " use any of %s" % (self.path, ", ".join(sorted(unknown)), ", ".join(ALL_KINDS)))
         if self.retention_keep_min < 1:
             raise BackupError(EX_CONFIG, "config file %s: [retention] keep_min must be at least 1" % self.path)
 
@@ -915,7 +922,7 @@ def apply_retention(settings, kind, now, log, dry_run):
     for _, name in backups:
         if len(protected) >= settings.retention_keep_min:
             break
-        if is_good_backup(directory, name, settings.require_verified):
+        if is_good_backup(directory, name, kind in settings.require_verified_kinds):
             protected.add(name)
 
     cutoff = now - datetime.timedelta(days=kind_settings["retention_days"])
