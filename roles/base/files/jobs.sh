@@ -106,20 +106,58 @@ _job_log_lines() {
     return 0
 }
 
-# Write the last-run status file; called from the exit trap.
+# Write the last-run status file and the node_exporter textfile metrics;
+# called from the exit trap. Both are written to a temporary file in the
+# target directory and renamed, so readers never see half a file.
 _job_write_status() {
     local code=$1
     local ended_epoch
     ended_epoch=$(date +%s)
-    [[ -d $TRADEOPS_STATE_DIR && -w $TRADEOPS_STATE_DIR ]] || return 0
-    local tmp
-    tmp=$(mktemp "$TRADEOPS_STATE_DIR/.$JOB_NAME.XXXXXX") || return 0
-    if printf 'job=%s\nstarted_at=%s\nended_at=%s\nexit_code=%s\nduration_seconds=%s\n' \
-        "$JOB_NAME" "$JOB_STARTED_AT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$code" \
-        "$((ended_epoch - JOB_STARTED_EPOCH))" >"$tmp" && chmod 0644 "$tmp"; then
-        mv -f "$tmp" "$TRADEOPS_STATE_DIR/$JOB_NAME.status" || rm -f "$tmp"
-    else
-        rm -f "$tmp"
+    if [[ -d $TRADEOPS_STATE_DIR && -w $TRADEOPS_STATE_DIR ]]; then
+        local tmp
+        if tmp=$(mktemp "$TRADEOPS_STATE_DIR/.$JOB_NAME.XXXXXX"); then
+            if printf 'job=%s\nstarted_at=%s\nended_at=%s\nexit_code=%s\nduration_seconds=%s\n' \
+                "$JOB_NAME" "$JOB_STARTED_AT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$code" \
+                "$((ended_epoch - JOB_STARTED_EPOCH))" >"$tmp" && chmod 0644 "$tmp"; then
+                mv -f "$tmp" "$TRADEOPS_STATE_DIR/$JOB_NAME.status" || rm -f "$tmp"
+            else
+                rm -f "$tmp"
+            fi
+        fi
+    fi
+
+    # Metrics for node_exporter's textfile collector, one file per job.
+    # A failed run keeps the last success time of the previous file.
+    local dir=${TRADEOPS_TEXTFILE_DIR:-/var/lib/tradeops/textfile}
+    [[ -d $dir && -w $dir ]] || return 0
+    local prom=$dir/tradeops_job_$JOB_NAME.prom
+    local last_success=
+    if [[ $code -eq 0 ]]; then
+        last_success=$ended_epoch
+    elif [[ -r $prom ]]; then
+        last_success=$(awk '$1 ~ /^tradeops_job_last_success_timestamp_seconds[{]/ { print $2 }' "$prom" 2>/dev/null) ||
+            last_success=
+    fi
+    local label="job=\"$JOB_NAME\""
+    local metrics
+    metrics=$(mktemp "$dir/.tradeops_job_$JOB_NAME.XXXXXX") || return 0
+    if ! {
+        printf '# HELP tradeops_job_last_run_timestamp_seconds Unix time the last run of the tradeops job ended.\n'
+        printf '# TYPE tradeops_job_last_run_timestamp_seconds gauge\n'
+        printf 'tradeops_job_last_run_timestamp_seconds{%s} %s\n' "$label" "$ended_epoch"
+        if [[ -n $last_success ]]; then
+            printf '# HELP tradeops_job_last_success_timestamp_seconds Unix time the last successful run ended.\n'
+            printf '# TYPE tradeops_job_last_success_timestamp_seconds gauge\n'
+            printf 'tradeops_job_last_success_timestamp_seconds{%s} %s\n' "$label" "$last_success"
+        fi
+        printf '# HELP tradeops_job_exit_code Exit code of the last run (0 is success).\n'
+        printf '# TYPE tradeops_job_exit_code gauge\n'
+        printf 'tradeops_job_exit_code{%s} %s\n' "$label" "$code"
+        printf '# HELP tradeops_job_duration_seconds Duration of the last run.\n'
+        printf '# TYPE tradeops_job_duration_seconds gauge\n'
+        printf 'tradeops_job_duration_seconds{%s} %s\n' "$label" "$((ended_epoch - JOB_STARTED_EPOCH))"
+    } >"$metrics" || ! chmod 0644 "$metrics" || ! mv -f "$metrics" "$prom"; then
+        rm -f "$metrics"
     fi
 }
 
