@@ -2,10 +2,14 @@
 
 import json
 import os
+import sys
 
 import pytest
 
-testinfra_hosts = ["ansible://all"]
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+from lab_hosts import hosts_in_group  # noqa: E402 (the path is set just above)
+
+testinfra_hosts = hosts_in_group("all")
 
 
 @pytest.fixture(scope="session")
