@@ -14,6 +14,7 @@ not test for check mode before they write.
 
 from __future__ import absolute_import, division, print_function
 
+import json
 import re
 import time
 
@@ -172,6 +173,44 @@ def connect(params, application_name="tradeops"):
             database=kwargs["dbname"], user=kwargs["user"])
     conn.autocommit = True
     return conn
+
+
+# Connection keys a job settings file may give; they match the modules'
+# login options, plus the password file the job reads instead of a password.
+SETTINGS_CONNECTION_KEYS = ("login_host", "login_port", "login_user", "login_db", "login_unix_socket",
+                            "connect_timeout", "passfile")
+
+
+def load_job_settings(path, role, sections):
+    """Read a job's JSON settings file and check its top-level shape.
+
+    The file is written by an Ansible template, so it may start with
+    "#" comment lines (the managed-file banner), which are skipped.
+    `sections` maps each required key to its type (dict or list). Raise
+    ConfigError naming the file and the fix when anything is off.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as error:
+        raise ConfigError("Failed to read the settings file \"%s\": %s." % (path, error.strerror),
+                          hint="Run the %s role, or pass --config." % role)
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    try:
+        config = json.loads("\n".join(lines))
+    except ValueError as error:
+        raise ConfigError("Invalid JSON in the settings file \"%s\": %s." % (path, error))
+    if not isinstance(config, dict):
+        raise ConfigError("Invalid settings file \"%s\": expected a JSON object." % path)
+    for key, kind in sections:
+        if not isinstance(config.get(key), kind):
+            raise ConfigError("Invalid settings file \"%s\": \"%s\" is missing or not a %s."
+                              % (path, key, kind.__name__))
+    unknown = sorted(set(config.get("connection", {})) - set(SETTINGS_CONNECTION_KEYS))
+    if unknown:
+        raise ConfigError("Invalid settings file \"%s\": unknown connection keys %s." % (path, ", ".join(unknown)))
+    return config
 
 
 def elapsed_ms(started):

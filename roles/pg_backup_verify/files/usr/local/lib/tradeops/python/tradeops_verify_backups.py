@@ -16,7 +16,6 @@ failed, 64 usage, 69 PostgreSQL unreachable, 78 bad configuration.
 """
 
 import argparse
-import json
 import os
 import shlex
 import socket
@@ -26,18 +25,16 @@ import sys
 try:
     from ansible.module_utils.tradeops_postgres import (
         EX_FAILURE, EX_OK, EX_USAGE, ConfigError, DATABASE_ERRORS, TradeopsError, UnavailableError,
-        describe_db_error)
+        describe_db_error, load_job_settings)
     from ansible.module_utils.tradeops_verify import KIND_PREFIXES, VerifyOptions, verify_backup
 except ImportError:
     sys.path.insert(0, "/usr/local/lib/tradeops/python")
     from tradeops_postgres import (
         EX_FAILURE, EX_OK, EX_USAGE, ConfigError, DATABASE_ERRORS, TradeopsError, UnavailableError,
-        describe_db_error)
+        describe_db_error, load_job_settings)
     from tradeops_verify import KIND_PREFIXES, VerifyOptions, verify_backup
 
 DEFAULT_CONFIG = "/etc/tradeops/verify-backups.json"
-CONNECTION_KEYS = ("login_host", "login_port", "login_user", "login_db", "login_unix_socket", "connect_timeout",
-                   "passfile")
 ALERT_TIMEOUT_SECONDS = 30
 
 
@@ -48,25 +45,8 @@ def say(message):
 
 def load_config(path):
     """Read the JSON settings; raise ConfigError when they are missing or invalid."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError as error:
-        raise ConfigError("Failed to read the settings file \"%s\": %s." % (path, error.strerror),
-                          hint="Run the pg_backup_verify role, or pass --config.")
-    while lines and lines[0].startswith("#"):
-        lines.pop(0)
-    try:
-        config = json.loads("\n".join(lines))
-    except ValueError as error:
-        raise ConfigError("Invalid JSON in the settings file \"%s\": %s." % (path, error))
-    for key, kind in (("connection", dict), ("kinds", list), ("backup_dirs", dict)):
-        if not isinstance(config.get(key), kind):
-            raise ConfigError("Invalid settings file \"%s\": \"%s\" is missing or not a %s."
-                              % (path, key, kind.__name__))
-    unknown = sorted(set(config["connection"]) - set(CONNECTION_KEYS))
-    if unknown:
-        raise ConfigError("Invalid settings file \"%s\": unknown connection keys %s." % (path, ", ".join(unknown)))
+    config = load_job_settings(path, "pg_backup_verify",
+                               (("connection", dict), ("kinds", list), ("backup_dirs", dict)))
     for kind in config["kinds"]:
         if kind not in KIND_PREFIXES:
             raise ConfigError("Invalid settings file \"%s\": unknown backup kind \"%s\"; allowed are %s."

@@ -12,26 +12,23 @@ PostgreSQL unreachable, 78 bad configuration.
 """
 
 import argparse
-import json
 import sys
 
 try:
     from ansible.module_utils.tradeops_postgres import (
         EX_FAILURE, EX_OK, EX_USAGE, ConfigError, DATABASE_ERRORS, SqlRunner, TradeopsError, connect,
-        describe_db_error)
+        describe_db_error, load_job_settings)
     from ansible.module_utils.tradeops_maintenance import MaintenanceOptions, run_maintenance
     from ansible.module_utils.tradeops_retention import RetentionOptions, normalize_policies, run_retention
 except ImportError:
     sys.path.insert(0, "/usr/local/lib/tradeops/python")
     from tradeops_postgres import (
         EX_FAILURE, EX_OK, EX_USAGE, ConfigError, DATABASE_ERRORS, SqlRunner, TradeopsError, connect,
-        describe_db_error)
+        describe_db_error, load_job_settings)
     from tradeops_maintenance import MaintenanceOptions, run_maintenance
     from tradeops_retention import RetentionOptions, normalize_policies, run_retention
 
 DEFAULT_CONFIG = "/etc/tradeops/pg_maintenance.json"
-CONNECTION_KEYS = ("login_host", "login_port", "login_user", "login_db", "login_unix_socket", "connect_timeout",
-                   "passfile")
 
 
 def say(message):
@@ -41,25 +38,8 @@ def say(message):
 
 def load_config(path):
     """Read the JSON settings; raise ConfigError when missing or invalid."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError as error:
-        raise ConfigError("Failed to read the settings file \"%s\": %s." % (path, error.strerror),
-                          hint="Run the pg_maintenance role, or pass --config.")
-    while lines and lines[0].startswith("#"):
-        lines.pop(0)
-    try:
-        config = json.loads("\n".join(lines))
-    except ValueError as error:
-        raise ConfigError("Invalid JSON in the settings file \"%s\": %s." % (path, error))
-    for section in ("connection", "maintenance", "cleanup"):
-        if not isinstance(config.get(section), dict):
-            raise ConfigError("Invalid settings file \"%s\": the \"%s\" section is missing." % (path, section))
-    unknown = sorted(set(config["connection"]) - set(CONNECTION_KEYS))
-    if unknown:
-        raise ConfigError("Invalid settings file \"%s\": unknown connection keys %s." % (path, ", ".join(unknown)))
-    return config
+    return load_job_settings(path, "pg_maintenance",
+                             (("connection", dict), ("maintenance", dict), ("cleanup", dict)))
 
 
 def maintenance_options(section, **overrides):
