@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Benchmark tradeops' backup, verification and retention against simpler ways to do the same.
+
+See bench/README.md. The program starts a throwaway PostgreSQL 15 cluster,
+fills it with lab/generate_trading_data.py, measures every case --runs
+times, writes the raw results to bench/results/<UTC time>.json and
+regenerates docs/benchmarks.md from them. The cluster is stopped and
+removed at the end, also after an error or SIGTERM.
+"""
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+
+import yaml
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
+sys.path.insert(0, BENCH_DIR)
+
+import backup  # noqa: E402
+import converge  # noqa: E402
+import data  # noqa: E402
+import report  # noqa: E402
+import retention  # noqa: E402
+import verification  # noqa: E402
+from cluster import Cluster  # noqa: E402
+
+log = logging.getLogger("bench")
+
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+PAGE = os.path.join(REPO, "docs", "benchmarks.md")
+DEFAULT_PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--size-gb", type=float, default=2.0,
+                      help="target size of the generated database in GB (10^9 bytes); the tick count comes from "
+                           "two small calibration loads (default: 2)")
+    size.add_argument("--ticks", type=int, help="number of tick_data rows to generate, instead of --size-gb")
+    parser.add_argument("--runs", type=int, default=3, help="runs of every case; the page reports medians "
+                        "(default: 3)")
+    parser.add_argument("--only", action="append", choices=("backup", "verify", "retention"),
+                        help="measure only this part; repeat for several (default: all three)")
+    parser.add_argument("--converge", action="store_true",
+                        help="also time no-change runs of ansible-playbook site.yml on the lab hosts (needs make lab)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="sentence to print at the top of the page, such as what else ran on the machine; "
+                             "repeat for several")
+    parser.add_argument("--pg-bin", default=DEFAULT_PG_BIN,
+                        help="directory of the PostgreSQL 15 programs (default: %(default)s)")
+    parser.add_argument("--report-only", metavar="RESULTS_JSON",
+                        help="regenerate docs/benchmarks.md from a results file and measure nothing")
+    parser.add_argument("--no-page", action="store_true", help="write the results JSON but not docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1, got %d" % args.runs)
+    if args.ticks is not None and args.ticks < 1000:
+        parser.error("--ticks must be at least 1000, got %d" % args.ticks)
+    if args.size_gb <= 0:
+        parser.error("--size-gb must be positive, got %s" % args.size_gb)
+    return args
+
+
+def read_role_defaults():
+    """Read the defaults that the benchmark compares against from the roles themselves."""
+    with open(os.path.join(REPO, "roles", "pg_backup", "defaults", "main.yml"), encoding="utf-8") as handle:
+        backup_defaults = yaml.safe_load(handle)
+    with open(os.path.join(REPO, "roles", "pg_backup_verify", "defaults", "main.yml"), encoding="utf-8") as handle:
+        verify_defaults = yaml.safe_load(handle)
+    with open(os.path.join(REPO, "roles", "pg_maintenance", "defaults", "main.yml"), encoding="utf-8") as handle:
+        maintenance_defaults = yaml.safe_load(handle)
+    policies = [policy for policy in maintenance_defaults["pg_maintenance_retention_policies"]
+                if policy.get("table") == "tick_data"]
+    if not policies:
+        raise RuntimeError("roles/pg_maintenance/defaults/main.yml has no retention policy for tick_data")
+    prefix = "pg_maintenance_retention_"
+    return {
+        "backup": {"compression": backup_defaults["pg_backup_db_compression"],
+                   "level": int(backup_defaults["pg_backup_db_compression_level"])},
+        "verify": {"jobs": int(verify_defaults["pg_backup_verify_jobs"]),
+                   "heapallindexed": bool(verify_defaults["pg_backup_verify_amcheck_heapallindexed"]),
+                   "required_tables": verify_defaults["pg_backup_verify_required_tables"]["full"]},
+        "retention": {
+            "policy": policies[0],
+            "options": {name: maintenance_defaults[prefix + name] for name in (
+                "batch_size", "lock_timeout_ms", "statement_timeout_ms", "lock_retries", "retry_delay_ms")},
+        },
+    }
+
+
+def interpreter_name():
+    """Return the Python interpreter as a path relative to the repository when it is the project's venv."""
+    path = os.path.abspath(sys.executable)
+    if path.startswith(REPO + os.sep):
+        return os.path.relpath(path, REPO)
+    return "python3"
+
+
+def first_line(argv):
+    try:
+        process = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError:
+        return None
+    lines = (process.stdout or process.stderr).strip().splitlines()
+    if not lines:
+        return None
+    # zstd prints its version between asterisks.
+    return lines[0].strip("* ")
+
+
+def describe_machine(cluster):
+    cpu_model = None
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo", encoding="utf-8") as handle:
+        memory_kb = int(next(line for line in handle if line.startswith("MemTotal")).split()[1])
+    return {
+        "cpu_model": cpu_model,
+        "cores": os.cpu_count(),
+        "memory_gb": round(memory_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "postgresql": cluster.value("SELECT version()"),
+        "pg_dump": first_line([cluster.bin("pg_dump"), "--version"]),
+        "gzip": first_line(["gzip", "--version"]),
+        "zstd": first_line(["zstd", "--version"]),
+        "pigz": first_line(["pigz", "--version"]),
+        "python": platform.python_version(),
+        "load_average_start": os.getloadavg(),
+    }
+
+
+def log_sample(message):
+    log.info("%s", message)
+
+
+def raise_on_sigterm(signum, frame):
+    raise SystemExit("stopped by signal %d" % signum)
+
+
+def measure(args):
+    """Run the benchmarks on a new cluster and return the results document."""
+    defaults = read_role_defaults()
+    parts = args.only or ["backup", "verify", "retention"]
+    started = datetime.datetime.now(datetime.timezone.utc)
+    results = {"started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "runs": args.runs, "notes": args.note,
+               "command": shlex.join([interpreter_name(), "bench/run.py"] + sys.argv[1:]), "role_defaults": defaults}
+
+    cluster = Cluster(args.pg_bin)
+    try:
+        cluster.start()
+        results["machine"] = describe_machine(cluster)
+        results["server_settings"] = {name: cluster.value("SHOW %s" % name) for name in (
+            "fsync", "synchronous_commit", "shared_buffers", "max_wal_size", "checkpoint_timeout")}
+        ticks = args.ticks
+        if ticks is None:
+            results["calibration"] = data.calibrate_ticks(cluster, args.size_gb * 1e9)
+            ticks = results["calibration"]["ticks"]
+        results["data"] = data.load(cluster, ticks)
+
+        if "backup" in parts:
+            results["backup"] = backup.run(cluster, data.DATABASE, args.runs, defaults["backup"], log_sample)
+        if "verify" in parts:
+            results["verification"] = verification.run(cluster, data.DATABASE, args.runs, defaults["verify"],
+                                                       log_sample)
+        if "retention" in parts:
+            results["retention"] = retention.run(cluster, data.DATABASE, args.runs, defaults["retention"],
+                                                 log_sample)
+        results["machine"]["load_average_end"] = os.getloadavg()
+    finally:
+        cluster.stop()
+
+    if args.converge:
+        results["converge"] = converge.run(args.runs, log_sample)
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    results["finished_at"] = finished.strftime("%Y-%m-%dT%H:%M:%SZ")
+    results["total_seconds"] = round((finished - started).total_seconds(), 1)
+    return results
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.report_only:
+        with open(args.report_only, encoding="utf-8") as handle:
+            results = json.load(handle)
+    else:
+        signal.signal(signal.SIGTERM, raise_on_sigterm)
+        results = measure(args)
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        path = os.path.join(RESULTS_DIR, results["started_at"].replace(":", "") + ".json")
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+            handle.write("\n")
+        log.info("wrote %s", os.path.relpath(path, REPO))
+    if not args.no_page:
+        with open(PAGE, "w", encoding="utf-8") as handle:
+            handle.write(report.render(results))
+        log.info("wrote %s", os.path.relpath(PAGE, REPO))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
