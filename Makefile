@@ -28,6 +28,7 @@ lab: host-packages venv image
 	ansible-playbook site.yml
 	ansible-playbook playbooks/lab-data.yml -e lab_data_ticks=$(LAB_TICKS)
 	ansible-playbook playbooks/backup.yml
+	ansible-playbook playbooks/restore-drill.yml
 	ansible-playbook playbooks/lab-summary.yml
 
 lab-down: venv
