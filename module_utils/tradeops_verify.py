@@ -532,9 +532,33 @@ def check_scratch_name(conn, options, name, manifest, login_db):
     return True
 
 
+# SQLSTATE of "database is being accessed by other users".
+OBJECT_IN_USE = "55006"
+DROP_ATTEMPTS = 10
+DROP_RETRY_SECONDS = 1.0
+
+
 def drop_database(conn, name):
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    """Drop a scratch database, retrying while other sessions still leave it.
+
+    A plain DROP DATABASE stops the autovacuum workers in the database by
+    itself, which a freshly restored database attracts. WITH (FORCE) would
+    try to terminate them too, but PostgreSQL 15 lets only members of
+    pg_signal_backend do that, which the verifying role is not.
+    """
+    statement = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
+    for attempt in range(1, DROP_ATTEMPTS + 1):
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+            return
+        except psycopg2.Error as error:
+            if sqlstate_of(error) != OBJECT_IN_USE or attempt == DROP_ATTEMPTS:
+                raise TradeopsError(
+                    "Failed to drop scratch database \"%s\": %s" % (name, describe_db_error(error)),
+                    hint="Find the sessions still connected to it in pg_stat_activity, end them, and drop "
+                         "the database as a superuser.")
+            time.sleep(DROP_RETRY_SECONDS)
 
 
 def create_scratch(conn, name, template):
