@@ -200,6 +200,21 @@ class BackupSetup:
         os.chmod(wrapper, 0o755)
         self.set("tools", "zstd", wrapper)
 
+    def held_compressor(self):
+        """Make zstd start reading only once the returned flag file exists.
+
+        Until then pg_dump blocks on the full pipe and the server blocks
+        inside the COPY that feeds it, for as long as the test needs.
+        """
+        flag = os.path.join(self.root, "release-compressor")
+        wrapper = os.path.join(self.root, "held-zstd")
+        with open(wrapper, "w", encoding="utf-8") as handle:
+            handle.write("#!/bin/sh\nwhile [ ! -e %s ]; do sleep 0.1; done\nexec %s \"$@\"\n"
+                         % (flag, shutil.which("zstd")))
+        os.chmod(wrapper, 0o755)
+        self.set("tools", "zstd", wrapper)
+        return flag
+
     def worker_argv(self, *args):
         return [sys.executable, WORKER, "--config", self.config_path] + list(args)
 
