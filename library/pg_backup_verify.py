@@ -116,7 +116,7 @@ options:
     description:
       - Write the verification record C(<file>.verify.json) beside the backup, through a temporary file and a
         rename, with C(status), C(verified_at), C(checks) and C(restore_seconds).
-      - The backup job's retention reads its C(status) when C(pg_backup_retention_require_verified) is set.
+      - The backup job's retention reads its C(status) for the kinds in C(pg_backup_retention_require_verified_kinds).
     type: bool
     default: true
   login_host:
