@@ -118,6 +118,28 @@ def test_zstd_backup_restores_through_pipe(setup):
     assert count[0][0] == 100000
 
 
+@pytest.mark.parametrize("compression, expected", [
+    ("zstd", "zstd -q -7 -T3 -c"),
+    ("pigz", "pigz -7 -p 3 -c"),
+])
+def test_compressor_runs_with_configured_threads(setup, compression, expected):
+    setup.set("kind:full", "compression", compression)
+    setup.set("kind:full", "compression_level", "7")
+    setup.set("kind:full", "compression_threads", "3")
+    result = setup.run("--kind", "full", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stderr
+
+
+def test_zero_compression_threads_rejected(setup):
+    setup.set("kind:full", "compression", "zstd")
+    setup.set("kind:full", "compression_threads", "0")
+    result = setup.run("--kind", "full")
+    assert result.returncode == 78
+    assert "[kind:full] compression_threads is 0; it must be at least 1" in result.stderr
+    assert setup.listing() == []
+
+
 def test_counts_come_from_dump_snapshot(setup):
     """Rows committed while pg_dump runs are neither in the dump nor in the manifest's counts."""
     before = source_counts(setup.cluster, ["public.orders"])["public.orders"]

@@ -91,14 +91,17 @@ def test_db_backup_as_tradeops_restores(host):
     assert backup.mode == 0o640
     manifest = json.loads(host.file(full["manifest"]).content_string)
     assert manifest["database"] == "trading_db"
-    assert manifest["compression"] == "gzip:6"
+    assert manifest["compression"] == "zstd:7"
+    assert full["file"].endswith(".dump.zst")
     assert manifest["server_version"].startswith("15.")
     assert manifest["size_bytes"] == backup.size
     assert manifest["sha256"] == host.check_output("sha256sum %s | cut -d' ' -f1" % full["file"])
     assert manifest["tables"]["public.tick_data"] >= 5000
 
-    # postgres may not read the backup folder, so it restores from a copy.
-    run_ok(host, "install -m 0600 -o postgres %s /tmp/restore_check.dump" % full["file"])
+    # postgres may not read the backup folder, so it restores from a
+    # decompressed copy, which pg_restore --jobs needs.
+    run_ok(host, "umask 077 && zstd -q -d -c %s > /tmp/restore_check.dump && chown postgres /tmp/restore_check.dump"
+           % full["file"])
     run_ok(host, "runuser -u postgres -- dropdb --if-exists backup_restore_check")
     run_ok(host, "runuser -u postgres -- createdb backup_restore_check")
     run_ok(host, "runuser -u postgres -- pg_restore --jobs=2 --no-owner --dbname=backup_restore_check "

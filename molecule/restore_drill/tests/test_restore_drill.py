@@ -32,7 +32,7 @@ def report():
 
 
 def newest_full_backup(host):
-    return host.check_output("ls -1 %s/full_backup_*.dump | sort | tail -n 1" % BACKUP_DIR)
+    return host.check_output("ls -1 %s/full_backup_*.dump.zst | sort | tail -n 1" % BACKUP_DIR)
 
 
 def test_report_says_ok(report):

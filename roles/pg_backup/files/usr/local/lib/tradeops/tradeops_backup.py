@@ -200,10 +200,14 @@ class Settings:
             "retention_days": self.parser.getint(section, "retention_days"),
             "compression": get(section, "compression", "none"),
             "compression_level": self.parser.getint(section, "compression_level", fallback=0),
+            "compression_threads": self.parser.getint(section, "compression_threads", fallback=1),
         }
         if kind_settings["compression"] not in COMPRESSIONS:
             raise BackupError(EX_CONFIG, "config file %s: [%s] compression %r is invalid; allowed: %s"
                               % (self.path, section, kind_settings["compression"], ", ".join(COMPRESSIONS)))
+        if kind_settings["compression_threads"] < 1:
+            raise BackupError(EX_CONFIG, "config file %s: [%s] compression_threads is %d; it must be at least 1"
+                              % (self.path, section, kind_settings["compression_threads"]))
         if kind_settings["retention_days"] < 1:
             raise BackupError(EX_CONFIG, "config file %s: [%s] retention_days must be at least 1"
                               % (self.path, section))
@@ -534,12 +538,15 @@ class Pipeline:
                                  % (stage.name, stage.process.returncode))
 
 
-def compressor_stage(settings, compression, level):
-    """Return the Stage that compresses a stream, or None for no outer compressor."""
+def compressor_stage(settings, compression, level, threads=1):
+    """Return the Stage that compresses a stream, or None for no outer compressor.
+
+    zstd and pigz compress with `threads` threads; gzip has one.
+    """
     if compression == "zstd":
-        return Stage("zstd", [settings.tools["zstd"], "-q", "-%d" % level, "-c"])
+        return Stage("zstd", [settings.tools["zstd"], "-q", "-%d" % level, "-T%d" % threads, "-c"])
     if compression == "pigz":
-        return Stage("pigz", [settings.tools["pigz"], "-%d" % level, "-c"])
+        return Stage("pigz", [settings.tools["pigz"], "-%d" % level, "-p", str(threads), "-c"])
     if compression == "gzip":
         return Stage("gzip", [settings.tools["gzip"], "-%d" % level, "-c"])
     return None
@@ -742,7 +749,8 @@ def backup_database(settings, kind, versions, log, dry_run):
             snapshot = cur.fetchone()[0]
             tables = [] if kind == "schema" else tables_in_snapshot(cur, kind_settings)
             stages = [Stage("pg_dump", pg_dump_argv(settings, kind, kind_settings, snapshot))]
-            outer = None if compression == "gzip" else compressor_stage(settings, compression, level)
+            outer = None if compression == "gzip" else compressor_stage(
+                settings, compression, level, kind_settings["compression_threads"])
             if outer is not None:
                 stages.append(outer)
             if dry_run:
@@ -840,7 +848,7 @@ def backup_files(settings, kind, log, dry_run):
                 # which is expected of logs that are being written.
                 ok_codes=(0, 1))
     stages = [tar]
-    outer = compressor_stage(settings, compression, level)
+    outer = compressor_stage(settings, compression, level, kind_settings["compression_threads"])
     if outer is not None:
         stages.append(outer)
     if dry_run:
