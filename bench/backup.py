@@ -14,11 +14,26 @@ import os
 import shlex
 import shutil
 
+import worker
 from measure import median_of, ratio, run_timed
 
 log = logging.getLogger("bench.backup")
 
 SCRATCH = "bench_restore"
+
+# Restore of a custom archive piped through zstd: decompress it to a file,
+# which pg_restore -j needs, as docs/restore.md does by hand. measure_case
+# removes the file.
+ZSTD_RESTORE = "zstd -q -d -c {out} > {out}.restore && {pg}/pg_restore -j 2 --exit-on-error -d {scratch} {out}.restore"
+CUSTOM_RESTORE = "{pg}/pg_restore -j 2 --exit-on-error -d {scratch} {out}"
+
+
+def zstd_case(level):
+    return {"name": "custom_zstd%d" % level, "label": "custom | zstd -T2 -%d" % level,
+            "output": "zstd%d.dump.zst" % level,
+            "dump": "{pg}/pg_dump -Fc -Z0 {db} | zstd -q -T2 -%d > {out}" % level,
+            "restore": ZSTD_RESTORE}
+
 
 CASES = [
     {"name": "naive", "label": "plain | gzip (naive)", "output": "naive.sql.gz",
@@ -28,20 +43,15 @@ CASES = [
      "dump": "{pg}/pg_dump -Fc -Z0 {db} > /dev/null",
      "restore": None},
     {"name": "custom_none", "label": "custom none", "output": "none.dump",
-     "dump": "{pg}/pg_dump -Fc -Z0 -f {out} {db}",
-     "restore": "{pg}/pg_restore -j 2 --exit-on-error -d {scratch} {out}"},
+     "dump": "{pg}/pg_dump -Fc -Z0 -f {out} {db}", "restore": CUSTOM_RESTORE},
     {"name": "custom_gzip1", "label": "custom gzip:1", "output": "gzip1.dump",
-     "dump": "{pg}/pg_dump -Fc -Z1 -f {out} {db}",
-     "restore": "{pg}/pg_restore -j 2 --exit-on-error -d {scratch} {out}"},
-    {"name": "custom_zstd1", "label": "custom | zstd -1", "output": "zstd1.dump.zst",
-     "dump": "{pg}/pg_dump -Fc -Z0 {db} | zstd -q -1 > {out}",
-     "restore": "zstd -q -d -c {out} | {pg}/pg_restore --exit-on-error -d {scratch}"},
-    {"name": "custom_zstd3", "label": "custom | zstd -3", "output": "zstd3.dump.zst",
-     "dump": "{pg}/pg_dump -Fc -Z0 {db} | zstd -q -3 > {out}",
-     "restore": "zstd -q -d -c {out} | {pg}/pg_restore --exit-on-error -d {scratch}"},
-    {"name": "custom_pigz6", "label": "custom | pigz -6", "output": "pigz6.dump.gz",
-     "dump": "{pg}/pg_dump -Fc -Z0 {db} | pigz -6 > {out}",
-     "restore": "pigz -d -c {out} | {pg}/pg_restore --exit-on-error -d {scratch}"},
+     "dump": "{pg}/pg_dump -Fc -Z1 -f {out} {db}", "restore": CUSTOM_RESTORE},
+    {"name": "custom_gzip6", "label": "custom gzip:6", "output": "gzip6.dump",
+     "dump": "{pg}/pg_dump -Fc -Z6 -f {out} {db}", "restore": CUSTOM_RESTORE},
+    zstd_case(1),
+    zstd_case(3),
+    zstd_case(7),
+    zstd_case(8),
     {"name": "directory_gzip6", "label": "directory -j 2 gzip:6", "output": "directory6",
      "dump": "{pg}/pg_dump -Fd -j 2 -Z6 -f {out} {db}",
      "restore": "{pg}/pg_restore -j 2 --exit-on-error -d {scratch} {out}"},
@@ -50,31 +60,21 @@ CASES = [
      "restore": "{pg}/pg_restore -j 2 --exit-on-error -d {scratch} {out}"},
 ]
 
-
-# Dump and restore of the backup worker's custom-format archive, by the
-# role's pg_backup_db_compression. Piped archives restore from stdin, which
-# rules out pg_restore -j.
-DEFAULT_COMMANDS = {
-    "gzip": ("{pg}/pg_dump -Fc -Z{level} -f {out} {db}", ".dump",
-             "{pg}/pg_restore -j 2 --exit-on-error -d {scratch} {out}"),
-    "none": ("{pg}/pg_dump -Fc -Z0 -f {out} {db}", ".dump",
-             "{pg}/pg_restore -j 2 --exit-on-error -d {scratch} {out}"),
-    "zstd": ("{pg}/pg_dump -Fc -Z0 {db} | zstd -q -{level} > {out}", ".dump.zst",
-             "zstd -q -d -c {out} | {pg}/pg_restore --exit-on-error -d {scratch}"),
-    "pigz": ("{pg}/pg_dump -Fc -Z0 {db} | pigz -{level} > {out}", ".dump.gz",
-             "pigz -d -c {out} | {pg}/pg_restore --exit-on-error -d {scratch}"),
-}
+# Parallel restore command of each pg_backup_db_compression.
+DEFAULT_RESTORES = {"gzip": CUSTOM_RESTORE, "none": CUSTOM_RESTORE, "zstd": ZSTD_RESTORE,
+                    "pigz": ZSTD_RESTORE.replace("zstd -q", "pigz")}
 
 
-def default_case(compression, level):
-    """Build the case of tradeops' default from the pg_backup role defaults.
-
-    The backup worker also counts the rows of every table and hashes the
-    file, which this case leaves out.
-    """
-    dump, suffix, restore = DEFAULT_COMMANDS[compression]
-    return {"name": "default", "label": "custom %s:%d (tradeops default)" % (compression, level),
-            "output": "default" + suffix, "dump": dump.replace("{level}", str(level)), "restore": restore}
+def default_case(defaults):
+    """Build the case of tradeops' default: the real backup worker with the pg_backup role's defaults."""
+    label = "tradeops worker, %s:%d" % (defaults["compression"], defaults["level"])
+    if defaults["compression"] in ("zstd", "pigz"):
+        label += ", %d threads" % defaults["threads"]
+    extension = {"zstd": ".dump.zst", "pigz": ".dump.gz"}.get(defaults["compression"], ".dump")
+    return {"name": "default", "label": label + " (tradeops default)", "worker": defaults,
+            "output": "full_backup_<stamp>" + extension,
+            "dump": "python3 tradeops_backup.py --config $WORK/backup.conf --kind full --json",
+            "restore": DEFAULT_RESTORES[defaults["compression"]]}
 
 
 def render(template, cluster, database, out_path):
@@ -97,17 +97,21 @@ def remove_output(path):
         os.unlink(path)
 
 
-def measure_case(cluster, database, case, work_dir):
-    """Dump once and restore that dump once; return one sample."""
-    out_path = os.path.join(work_dir, case["output"]) if case["output"] else None
-    remove_output(out_path)
+def measure_case(cluster, database, case, work_dir, restore=True):
+    """Dump once and, when restore is true, restore that dump once; return one sample."""
     env = cluster.env()
     sample = {}
-    dump = run_timed(render(case["dump"], cluster, database, out_path), env)
+    if "worker" in case:
+        settings_path = worker.write_settings(cluster, database, work_dir, case["worker"])
+        dump, out_path = worker.run_backup(cluster, settings_path)
+    else:
+        out_path = os.path.join(work_dir, case["output"]) if case["output"] else None
+        remove_output(out_path)
+        dump = run_timed(render(case["dump"], cluster, database, out_path), env)
     sample["dump_wall_seconds"] = dump["wall_seconds"]
     sample["dump_cpu_seconds"] = dump["cpu_seconds"]
     sample["output_bytes"] = output_bytes(out_path) if out_path else None
-    if case["restore"]:
+    if case["restore"] and restore:
         cluster.create_database(SCRATCH)
         try:
             restore = run_timed(render(case["restore"], cluster, database, out_path), env)
@@ -115,18 +119,28 @@ def measure_case(cluster, database, case, work_dir):
             cluster.drop_database(SCRATCH)
         sample["restore_wall_seconds"] = restore["wall_seconds"]
         sample["restore_cpu_seconds"] = restore["cpu_seconds"]
-    remove_output(out_path)
+    if "worker" in case:
+        worker.remove_backup(out_path)
+    else:
+        remove_output(out_path)
+    if out_path:
+        remove_output(out_path + ".restore")
     return sample
 
 
-def run(cluster, database, runs, defaults, log_sample):
-    """Measure every case runs times, one round over all cases after the other."""
-    cases = [CASES[0], default_case(defaults["compression"], defaults["level"])] + CASES[1:]
+def run(cluster, database, runs, defaults, log_sample, restore_runs=1):
+    """Measure every case runs times, one round over all cases after the other.
+
+    The first restore_runs rounds also restore each dump; a restore's time
+    depends on the format and the data more than on the run, and restores
+    take most of the benchmark's time.
+    """
+    cases = [CASES[0], default_case(defaults)] + CASES[1:]
     work_dir = cluster.work_dir("backups")
     results = {case["name"]: {"label": case["label"], "samples": []} for case in cases}
     for round_number in range(runs):
         for case in cases:
-            sample = measure_case(cluster, database, case, work_dir)
+            sample = measure_case(cluster, database, case, work_dir, restore=round_number < restore_runs)
             results[case["name"]]["samples"].append(sample)
             log_sample("backup %s, run %d: %s" % (case["name"], round_number + 1, sample))
     for case in cases:

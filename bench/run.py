@@ -49,6 +49,8 @@ def parse_args(argv):
     size.add_argument("--ticks", type=int, help="number of tick_data rows to generate, instead of --size-gb")
     parser.add_argument("--runs", type=int, default=3, help="runs of every case; the page reports medians "
                         "(default: 3)")
+    parser.add_argument("--restore-runs", type=int, default=1,
+                        help="runs of the backup part that also restore each dump (default: 1)")
     parser.add_argument("--only", action="append", choices=("backup", "verify", "retention"),
                         help="measure only this part; repeat for several (default: all three)")
     parser.add_argument("--converge", action="store_true",
@@ -64,6 +66,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1, got %d" % args.runs)
+    if not 0 <= args.restore_runs <= args.runs:
+        parser.error("--restore-runs must be between 0 and --runs (%d), got %d" % (args.runs, args.restore_runs))
     if args.ticks is not None and args.ticks < 1000:
         parser.error("--ticks must be at least 1000, got %d" % args.ticks)
     if args.size_gb <= 0:
@@ -86,7 +90,8 @@ def read_role_defaults():
     prefix = "pg_maintenance_retention_"
     return {
         "backup": {"compression": backup_defaults["pg_backup_db_compression"],
-                   "level": int(backup_defaults["pg_backup_db_compression_level"])},
+                   "level": int(backup_defaults["pg_backup_db_compression_level"]),
+                   "threads": int(backup_defaults["pg_backup_db_compression_threads"])},
         "verify": {"jobs": int(verify_defaults["pg_backup_verify_jobs"]),
                    "heapallindexed": bool(verify_defaults["pg_backup_verify_amcheck_heapallindexed"]),
                    "required_tables": verify_defaults["pg_backup_verify_required_tables"]["full"]},
@@ -171,10 +176,11 @@ def measure(args):
         results["data"] = data.load(cluster, ticks)
 
         if "backup" in parts:
-            results["backup"] = backup.run(cluster, data.DATABASE, args.runs, defaults["backup"], log_sample)
+            results["backup"] = backup.run(cluster, data.DATABASE, args.runs, defaults["backup"], log_sample,
+                                           restore_runs=args.restore_runs)
         if "verify" in parts:
             results["verification"] = verification.run(cluster, data.DATABASE, args.runs, defaults["verify"],
-                                                       log_sample)
+                                                       defaults["backup"], log_sample)
         if "retention" in parts:
             results["retention"] = retention.run(cluster, data.DATABASE, args.runs, defaults["retention"],
                                                  log_sample)

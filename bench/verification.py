@@ -1,13 +1,11 @@
 """Verification benchmark: tradeops_verify.verify_backup against a bare pg_restore of the same backup."""
 
-import datetime
-import hashlib
-import json
 import logging
 import os
 import sys
 import time
 
+import worker
 from measure import median_of, ratio, run_timed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,41 +17,25 @@ from tradeops_verify import VerifyOptions, verify_backup  # noqa: E402
 
 log = logging.getLogger("bench.verification")
 
-BACKUP_NAME = "full_backup_20250101T003000Z.dump"
 SCRATCH = "bench_bare_restore"
 
-BARE_COMMAND = ("{pg}/pg_restore --exit-on-error --no-owner --no-privileges --jobs=2 "
-                "--dbname={scratch} {path}")
+# The bare restore of each compression, as docs/restore.md restores by
+# hand: a backup compressed outside the archive is decompressed to a file,
+# which pg_restore --jobs needs; measure_bare removes that file.
+RESTORE = ("{pg}/pg_restore --exit-on-error --no-owner --no-privileges --jobs={jobs} "
+           "--dbname={scratch} {path}")
+BARE_COMMANDS = {
+    "zstd": "zstd -q -d -c {path} > {path}.restore && " + RESTORE.replace("{path}", "{path}.restore"),
+    "pigz": "pigz -d -c {path} > {path}.restore && " + RESTORE.replace("{path}", "{path}.restore"),
+    "gzip": RESTORE,
+    "none": RESTORE,
+}
 
 
-def table_counts(cluster, database):
-    tables = cluster.execute("SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname = 'public'"
-                             " ORDER BY 1", dbname=database)
-    return {name: cluster.value("SELECT count(*) FROM ONLY %s" % name, dbname=database) for (name,) in tables}
-
-
-def make_backup(cluster, database, work_dir):
-    """Write a default-format backup and a manifest with the fields the backup worker writes."""
-    path = os.path.join(work_dir, BACKUP_NAME)
-    started = datetime.datetime.now(datetime.timezone.utc)
-    run_timed("%s/pg_dump -Fc -Z6 -f %s %s" % (cluster.pg_bin, path, database), cluster.env())
-    finished = datetime.datetime.now(datetime.timezone.utc)
-    with open(path, "rb") as handle:
-        digest = hashlib.sha256()
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    server_version = cluster.value("SHOW server_version")
-    manifest = {
-        "manifest_version": 1, "kind": "full", "database": database, "host": "bench", "db_host": "127.0.0.1",
-        "server_version": server_version, "server_version_num": int(cluster.value("SHOW server_version_num")),
-        "pg_dump_version": server_version, "format": "custom", "compression": "gzip:6",
-        "file": BACKUP_NAME, "size_bytes": os.path.getsize(path), "sha256": digest.hexdigest(),
-        "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "finished_at": finished.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "duration_seconds": round((finished - started).total_seconds(), 3), "snapshot": "bench",
-        "tables": table_counts(cluster, database),
-    }
-    with open(path + ".manifest.json", "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2)
+def make_backup(cluster, database, work_dir, backup_defaults):
+    """Write a full backup and its manifest with the backup worker and the pg_backup role's defaults."""
+    settings_path = worker.write_settings(cluster, database, work_dir, backup_defaults)
+    _, path = worker.run_backup(cluster, settings_path)
     return path
 
 
@@ -69,50 +51,62 @@ def measure_tradeops(cluster, path, settings):
     return {"wall_seconds": round(wall, 3), "restore_seconds": result["restore_seconds"], "checks": checks}
 
 
-def measure_bare(cluster, path):
-    """Time CREATE DATABASE, the pg_restore that verify_backup runs, and DROP DATABASE."""
+def measure_bare(cluster, path, command):
+    """Time CREATE DATABASE, a bare restore like the one verify_backup runs, and DROP DATABASE."""
     started = time.perf_counter()
     cluster.create_database(SCRATCH)
     try:
-        restore = run_timed(BARE_COMMAND.format(pg=cluster.pg_bin, scratch=SCRATCH, path=path), cluster.env())
+        restore = run_timed(command.format(pg=cluster.pg_bin, scratch=SCRATCH, path=path), cluster.env())
     finally:
         cluster.drop_database(SCRATCH)
+        if os.path.exists(path + ".restore"):
+            os.unlink(path + ".restore")
     wall = time.perf_counter() - started
     return {"wall_seconds": round(wall, 3), "restore_seconds": restore["wall_seconds"]}
 
 
-def run(cluster, database, runs, settings, log_sample):
-    """Measure both methods runs times on one default-format backup.
+def summarize(samples, command):
+    return {"samples": samples, "median_wall_seconds": median_of(samples, "wall_seconds"),
+            "median_restore_seconds": median_of(samples, "restore_seconds"), "command": command}
+
+
+def tradeops_command(path, settings, heapallindexed):
+    return ("tradeops_verify.verify_backup(superuser over the socket, path=$WORK/%s, jobs=%d, "
+            "amcheck_heapallindexed=%s, required_tables=%s)"
+            % (os.path.basename(path), settings["jobs"], heapallindexed, ", ".join(settings["required_tables"])))
+
+
+def run(cluster, database, runs, settings, backup_defaults, log_sample):
+    """Measure the methods runs times on one backup that the worker wrote with the role's defaults.
 
     settings are the full kind's required tables, the restore jobs and
-    heapallindexed from the pg_backup_verify role defaults.
+    heapallindexed from the pg_backup_verify role defaults. When the
+    defaults leave heapallindexed out, the restore drill's verification
+    with it is measured too.
     """
-    path = make_backup(cluster, database, cluster.work_dir("verify"))
-    tradeops_samples = []
-    bare_samples = []
+    path = make_backup(cluster, database, cluster.work_dir("verify"), backup_defaults)
+    bare_command = BARE_COMMANDS[backup_defaults["compression"]].replace("{jobs}", str(settings["jobs"]))
+    thorough_settings = dict(settings, heapallindexed=True) if not settings["heapallindexed"] else None
+    samples = {"tradeops": [], "thorough": [], "bare": []}
     for round_number in range(runs):
-        tradeops_samples.append(measure_tradeops(cluster, path, settings))
-        log_sample("verify tradeops, run %d: %s" % (round_number + 1, tradeops_samples[-1]))
-        bare_samples.append(measure_bare(cluster, path))
-        log_sample("verify bare pg_restore, run %d: %s" % (round_number + 1, bare_samples[-1]))
-    tradeops_median = median_of(tradeops_samples, "wall_seconds")
-    bare_median = median_of(bare_samples, "wall_seconds")
-    return {
+        samples["tradeops"].append(measure_tradeops(cluster, path, settings))
+        log_sample("verify tradeops, run %d: %s" % (round_number + 1, samples["tradeops"][-1]))
+        if thorough_settings:
+            samples["thorough"].append(measure_tradeops(cluster, path, thorough_settings))
+            log_sample("verify tradeops with heapallindexed, run %d: %s" % (round_number + 1,
+                                                                             samples["thorough"][-1]))
+        samples["bare"].append(measure_bare(cluster, path, bare_command))
+        log_sample("verify bare pg_restore, run %d: %s" % (round_number + 1, samples["bare"][-1]))
+    result = {
         "backup_bytes": os.path.getsize(path),
-        "tradeops": {
-            "samples": tradeops_samples, "median_wall_seconds": tradeops_median,
-            "median_restore_seconds": median_of(tradeops_samples, "restore_seconds"),
-            "command": "tradeops_verify.verify_backup(superuser over the socket, path=$WORK/%s, jobs=%d, "
-                       "amcheck_heapallindexed=%s, required_tables=%s)"
-                       % (BACKUP_NAME, settings["jobs"], settings["heapallindexed"],
-                          ", ".join(settings["required_tables"])),
-        },
-        "bare": {
-            "samples": bare_samples, "median_wall_seconds": bare_median,
-            "median_restore_seconds": median_of(bare_samples, "restore_seconds"),
-            "command": "CREATE DATABASE %s TEMPLATE template0; %s; DROP DATABASE %s"
-                       % (SCRATCH, BARE_COMMAND.format(pg="$PG_BIN", scratch=SCRATCH, path="$WORK/" + BACKUP_NAME),
-                          SCRATCH),
-        },
-        "tradeops_over_bare": ratio(tradeops_median, bare_median),
+        "tradeops": summarize(samples["tradeops"], tradeops_command(path, settings, settings["heapallindexed"])),
+        "bare": summarize(samples["bare"], "CREATE DATABASE %s TEMPLATE template0; %s; DROP DATABASE %s"
+                          % (SCRATCH, bare_command.format(pg="$PG_BIN", scratch=SCRATCH,
+                                                           path="$WORK/" + os.path.basename(path)), SCRATCH)),
     }
+    bare_median = result["bare"]["median_wall_seconds"]
+    result["tradeops_over_bare"] = ratio(result["tradeops"]["median_wall_seconds"], bare_median)
+    if thorough_settings:
+        result["thorough"] = summarize(samples["thorough"], tradeops_command(path, settings, True))
+        result["thorough_over_bare"] = ratio(result["thorough"]["median_wall_seconds"], bare_median)
+    return result
