@@ -63,6 +63,9 @@ def parse_args(argv):
     parser.add_argument("--report-only", metavar="RESULTS_JSON",
                         help="regenerate docs/benchmarks.md from a results file and measure nothing")
     parser.add_argument("--no-page", action="store_true", help="write the results JSON but not docs/benchmarks.md")
+    parser.add_argument("--results-dir", default=RESULTS_DIR,
+                        help="folder for the results JSON (default: bench/results)")
+    parser.add_argument("--page", default=PAGE, help="results page to write (default: docs/benchmarks.md)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1, got %d" % args.runs)
@@ -205,16 +208,16 @@ def main(argv=None):
     else:
         signal.signal(signal.SIGTERM, raise_on_sigterm)
         results = measure(args)
-        os.makedirs(RESULTS_DIR, exist_ok=True)
-        path = os.path.join(RESULTS_DIR, results["started_at"].replace(":", "") + ".json")
+        os.makedirs(args.results_dir, exist_ok=True)
+        path = os.path.join(args.results_dir, results["started_at"].replace(":", "") + ".json")
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)
             handle.write("\n")
-        log.info("wrote %s", os.path.relpath(path, REPO))
+        log.info("wrote %s", path)
     if not args.no_page:
-        with open(PAGE, "w", encoding="utf-8") as handle:
+        with open(args.page, "w", encoding="utf-8") as handle:
             handle.write(report.render(results))
-        log.info("wrote %s", os.path.relpath(PAGE, REPO))
+        log.info("wrote %s", args.page)
     return 0
 
 
