@@ -22,7 +22,7 @@ log = logging.getLogger("bench.backup")
 SCRATCH = "bench_restore"
 
 # Restore of a custom archive piped through zstd: decompress it to a file,
-# which pg_restore -j needs, as docs/restore.md does by hand. measure_case
+# which pg_restore -j needs, as docs/restore.md does by hand. timed_restore
 # removes the file.
 ZSTD_RESTORE = "zstd -q -d -c {out} > {out}.restore && {pg}/pg_restore -j 2 --exit-on-error -d {scratch} {out}.restore"
 CUSTOM_RESTORE = "{pg}/pg_restore -j 2 --exit-on-error -d {scratch} {out}"
@@ -63,6 +63,10 @@ CASES = [
 # Parallel restore command of each pg_backup_db_compression.
 DEFAULT_RESTORES = {"gzip": CUSTOM_RESTORE, "none": CUSTOM_RESTORE, "zstd": ZSTD_RESTORE,
                     "pigz": ZSTD_RESTORE.replace("zstd -q", "pigz")}
+# A piped archive can also stream into one pg_restore, with no file and
+# so with no parallel jobs.
+STREAMED_RESTORES = {"zstd": "zstd -q -d -c {out} | {pg}/pg_restore --exit-on-error -d {scratch}",
+                     "pigz": "pigz -d -c {out} | {pg}/pg_restore --exit-on-error -d {scratch}"}
 
 
 def default_case(defaults):
@@ -74,7 +78,8 @@ def default_case(defaults):
     return {"name": "default", "label": label + " (tradeops default)", "worker": defaults,
             "output": "full_backup_<stamp>" + extension,
             "dump": "python3 tradeops_backup.py --config $WORK/backup.conf --kind full --json",
-            "restore": DEFAULT_RESTORES[defaults["compression"]]}
+            "restore": DEFAULT_RESTORES[defaults["compression"]],
+            "restore_streamed": STREAMED_RESTORES.get(defaults["compression"])}
 
 
 def render(template, cluster, database, out_path):
@@ -97,6 +102,16 @@ def remove_output(path):
         os.unlink(path)
 
 
+def timed_restore(cluster, database, template, out_path):
+    """Restore out_path into a new scratch database with the command template; return its timing."""
+    cluster.create_database(SCRATCH)
+    try:
+        return run_timed(render(template, cluster, database, out_path), cluster.env())
+    finally:
+        cluster.drop_database(SCRATCH)
+        remove_output(out_path + ".restore")
+
+
 def measure_case(cluster, database, case, work_dir, restore=True):
     """Dump once and, when restore is true, restore that dump once; return one sample."""
     env = cluster.env()
@@ -112,26 +127,23 @@ def measure_case(cluster, database, case, work_dir, restore=True):
     sample["dump_cpu_seconds"] = dump["cpu_seconds"]
     sample["output_bytes"] = output_bytes(out_path) if out_path else None
     if case["restore"] and restore:
-        cluster.create_database(SCRATCH)
-        try:
-            restore = run_timed(render(case["restore"], cluster, database, out_path), env)
-        finally:
-            cluster.drop_database(SCRATCH)
-        sample["restore_wall_seconds"] = restore["wall_seconds"]
-        sample["restore_cpu_seconds"] = restore["cpu_seconds"]
+        timing = timed_restore(cluster, database, case["restore"], out_path)
+        sample["restore_wall_seconds"] = timing["wall_seconds"]
+        sample["restore_cpu_seconds"] = timing["cpu_seconds"]
+        if case.get("restore_streamed"):
+            timing = timed_restore(cluster, database, case["restore_streamed"], out_path)
+            sample["restore_streamed_wall_seconds"] = timing["wall_seconds"]
     if "worker" in case:
         worker.remove_backup(out_path)
     else:
         remove_output(out_path)
-    if out_path:
-        remove_output(out_path + ".restore")
     return sample
 
 
 def run(cluster, database, runs, defaults, log_sample, restore_runs=1):
     """Measure every case runs times, one round over all cases after the other.
 
-    The first restore_runs rounds also restore each dump; a restore's time
+    The first restore_runs rounds also restore each dump. A restore's time
     depends on the format and the data more than on the run, and restores
     take most of the benchmark's time.
     """
@@ -150,8 +162,12 @@ def run(cluster, database, runs, defaults, log_sample, restore_runs=1):
         entry["restore_command"] = (case["restore"].format(pg="$PG_BIN", db=database,
                                                            out="$WORK/%s" % case["output"], scratch=SCRATCH)
                                     if case["restore"] else None)
+        if case.get("restore_streamed"):
+            entry["restore_streamed_command"] = case["restore_streamed"].format(
+                pg="$PG_BIN", db=database, out="$WORK/%s" % case["output"], scratch=SCRATCH)
         entry["median"] = {key: median_of(entry["samples"], key) for key in (
-            "dump_wall_seconds", "dump_cpu_seconds", "output_bytes", "restore_wall_seconds", "restore_cpu_seconds")}
+            "dump_wall_seconds", "dump_cpu_seconds", "output_bytes", "restore_wall_seconds", "restore_cpu_seconds",
+            "restore_streamed_wall_seconds")}
     return {"cases": results, "summary": summarize(results)}
 
 

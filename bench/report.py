@@ -143,6 +143,11 @@ def backup_section(results):
                   "The tradeops worker's time includes counting every table's rows in pg_dump's snapshot and "
                   "hashing the file. Restore times are from the first %d run%s of each case."
                   % (restore_runs, "" if restore_runs == 1 else "s"), ""])
+    streamed = default.get("restore_streamed_wall_seconds")
+    if streamed is not None:
+        lines.extend(["The default's backup streamed from its decompressor into one pg_restore, with no file "
+                      "and so with one job, restored in %s, against %s with `-j 2` after decompressing it to a "
+                      "file." % (seconds(streamed), seconds(default["restore_wall_seconds"])), ""])
     return lines
 
 
@@ -262,12 +267,22 @@ def defaults_section(results):
         lines.append(line)
     if "retention" in results:
         options = defaults["retention"]["options"]
-        lines.append("- `pg_maintenance_retention_batch_size: %d`, `pg_maintenance_retention_lock_timeout_ms: "
-                     "%d`: with the batched delete, the slowest concurrent insert took %s. Each batch commits on "
-                     "its own, so a cleanup stopped half-way keeps what it removed and holds no long transaction, "
-                     "which one DELETE over the whole range does."
-                     % (options["batch_size"], options["lock_timeout_ms"],
-                        milliseconds(results["retention"]["methods"]["batched"]["max_insert_seconds_all_runs"])))
+        methods = results["retention"]["methods"]
+        line = ("- `pg_maintenance_retention_batch_size: %d`, `pg_maintenance_retention_lock_timeout_ms: "
+                "%d`: with the batched delete, the cleanup took %s and the slowest concurrent insert %s. Each "
+                "batch commits on its own, so a cleanup stopped half-way keeps what it removed and holds no long "
+                "transaction, which one DELETE over the whole range does."
+                % (options["batch_size"], options["lock_timeout_ms"],
+                   seconds(methods["batched"]["median"]["wall_seconds"]),
+                   milliseconds(methods["batched"]["max_insert_seconds_all_runs"])))
+        others = [name for name in ("batched_small", "batched_large") if name in methods]
+        if others:
+            line += " For comparison: %s." % "; ".join(
+                "%s took %s, slowest insert %s" % (methods[name]["label"].replace("tradeops batched delete, ", ""),
+                                                    seconds(methods[name]["median"]["wall_seconds"]),
+                                                    milliseconds(methods[name]["max_insert_seconds_all_runs"]))
+                for name in others)
+        lines.append(line)
     if small:
         lines.append("- Every goal above was checked only at this size. None of them is confirmed for the "
                      "default 2 GB data set until the full run is done.")
@@ -282,8 +297,9 @@ def commands_section(results):
         for name, entry in results["backup"]["cases"].items():
             lines.append("# backup %s" % name)
             lines.append(entry["dump_command"])
-            if entry["restore_command"]:
-                lines.append("createdb bench_restore && %s; dropdb bench_restore" % entry["restore_command"])
+            for key in ("restore_command", "restore_streamed_command"):
+                if entry.get(key):
+                    lines.append("createdb bench_restore && %s; dropdb bench_restore" % entry[key])
     if "verification" in results:
         lines.append("# verification")
         lines.append(results["verification"]["tradeops"]["command"])

@@ -129,6 +129,9 @@ def prepare_copy(cluster, database, partitioned):
 
 def measure(cluster, database, method, settings):
     """Run one method on a fresh copy with the inserter running; return one sample."""
+    if method in OTHER_BATCH_SIZES:
+        options = dict(settings["options"], batch_size=OTHER_BATCH_SIZES[method])
+        settings = dict(settings, options=options)
     prepare_copy(cluster, database, partitioned=(method == "partitions"))
     try:
         inserter = Inserter(cluster, COPY)
@@ -150,17 +153,26 @@ def measure(cluster, database, method, settings):
         cluster.drop_database(COPY)
 
 
-METHODS = {
-    "single_delete": "one DELETE",
-    "batched": "tradeops batched delete",
-    "partitions": "tradeops on a day-partitioned copy",
-}
+# Batch sizes tried beside the pg_maintenance role's default, to show what
+# a batch size changes: the wall time and the inserts' waits.
+OTHER_BATCH_SIZES = {"batched_small": 1000, "batched_large": 50000}
+
+
+def method_labels(settings):
+    return {
+        "single_delete": "one DELETE",
+        "batched": "tradeops batched delete, %d rows a batch (default)" % settings["options"]["batch_size"],
+        "batched_small": "tradeops batched delete, %d rows a batch" % OTHER_BATCH_SIZES["batched_small"],
+        "batched_large": "tradeops batched delete, %d rows a batch" % OTHER_BATCH_SIZES["batched_large"],
+        "partitions": "tradeops on a day-partitioned copy",
+    }
 
 
 def run(cluster, database, runs, settings, log_sample):
-    results = {name: {"label": label, "samples": []} for name, label in METHODS.items()}
+    labels = method_labels(settings)
+    results = {name: {"label": label, "samples": []} for name, label in labels.items()}
     for round_number in range(runs):
-        for method in METHODS:
+        for method in labels:
             sample = measure(cluster, database, method, settings)
             results[method]["samples"].append(sample)
             log_sample("retention %s, run %d: %s" % (method, round_number + 1, sample))
@@ -172,6 +184,8 @@ def run(cluster, database, runs, settings, log_sample):
     options_text = ", ".join("%s=%s" % item for item in sorted(settings["options"].items()))
     results["batched"]["command"] = ("tradeops_retention.run_retention(policy %s, %s)"
                                      % (settings["policy"], options_text))
+    for method, batch_size in OTHER_BATCH_SIZES.items():
+        results[method]["command"] = "the same run_retention call with batch_size=%d" % batch_size
     results["partitions"]["command"] = ("the same run_retention call on tick_data range-partitioned by UTC day"
                                         " (DETACH PARTITION CONCURRENTLY and DROP TABLE for expired days, batched"
                                         " DELETE in the partition that contains the cut-off)")
