@@ -253,6 +253,17 @@ def defaults_section(results):
                cell(cases[best]["label"]) if best else "none"))
         lines.append("- For a fast backup at the cost of size, \"%s\" dumped in %s of the floor's time."
                      % (cell(cases[summary["fastest_case"]]["label"]), times(summary["fastest_over_floor_wall"])))
+        if "directory_gzip6" in cases:
+            directory = cases["directory_gzip6"]["median"]
+            lines.append(
+                "- Custom format rather than directory format: \"directory -j 2 gzip:6\" dumped in %s to %s "
+                "and restored in %s, against the default's %s, %s and %s. Its parallel dump helps only as far as "
+                "the tables are of similar size, and a directory is a folder of files where the worker writes, "
+                "hashes, renames and prunes one file. So pg_dump runs with one job, and the parallel work is "
+                "zstd's threads and the restore's `-j 2` (`pg_backup_verify_jobs: 2`, one job per core)."
+                % (seconds(directory["dump_wall_seconds"]), megabytes(directory["output_bytes"]),
+                   seconds(directory["restore_wall_seconds"]), seconds(default["dump_wall_seconds"]),
+                   megabytes(default["output_bytes"]), seconds(default["restore_wall_seconds"])))
     if "verification" in results:
         verification = results["verification"]
         verify_defaults = defaults["verify"]
