@@ -11,9 +11,10 @@ DOCUMENTATION = """
         process in place of a temporary folder, a copy, a chmod and a run.
       - Files are copied with C(podman cp) and the container's file system
         is never mounted on the controller.
-      - Tasks that become another user through C(su) are not pipelined,
-        because ansible-core's su become plugin does not support it. They
-        run as with the collection's connection.
+      - ansible-core's su become plugin turns pipelining off (ansible-core
+        2.19). This connection pipelines su tasks anyway when the commands
+        run as root and no become password is set, because su started by
+        root asks for no password.
     extends_documentation_fragment:
       - connection_pipelining
     options:
@@ -58,6 +59,7 @@ DOCUMENTATION = """
 
 import shlex
 
+from ansible import constants as C
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.connection import ConnectionBase, ensure_connect
 from ansible_collections.containers.podman.plugins.connection.podman import Connection as PodmanConnection
@@ -75,6 +77,18 @@ class Connection(PodmanConnection):
         # which saves a podman process on every task that copies no file.
         ConnectionBase._connect(self)  # pylint: disable=protected-access
         self._connected = True
+
+    def is_pipelining_enabled(self, wrap_async=False):
+        """Return whether to pipeline the module, also when su becomes a user from root."""
+        # With no remote_user, podman exec runs as the image's user, root
+        # in the lab image.
+        su_from_root = (self.become is not None and self.become.name == "su"
+                        and self.user in (None, "root", "0") and not self.become.get_option("become_pass"))
+        if not su_from_root:
+            return super().is_pipelining_enabled(wrap_async)
+        # The conditions of ConnectionBase.is_pipelining_enabled other than
+        # the become plugin's pipelining flag.
+        return bool(self.get_option("pipelining")) and not C.DEFAULT_KEEP_REMOTE_FILES and not wrap_async
 
     @ensure_connect
     def exec_command(self, cmd, in_data=None, sudoable=True):
