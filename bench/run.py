@@ -38,6 +38,20 @@ log = logging.getLogger("bench")
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 PAGE = os.path.join(REPO, "docs", "benchmarks.md")
 DEFAULT_PG_BIN = "/usr/lib/postgresql/15/bin"
+# The parts that need the throwaway PostgreSQL cluster.
+DATABASE_PARTS = ("backup", "verify", "retention")
+
+
+def host_counts(text):
+    """Parse --converge-hosts, such as "2,4,8"."""
+    try:
+        counts = [int(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid host counts %r: expected even numbers such as 2,4,8" % text)
+    for count in counts:
+        if count < 2 or count % 2:
+            raise argparse.ArgumentTypeError("invalid host count %d: it must be even and at least 2" % count)
+    return counts
 
 
 def parse_args(argv):
@@ -51,10 +65,14 @@ def parse_args(argv):
                         "(default: 3)")
     parser.add_argument("--restore-runs", type=int, default=1,
                         help="runs of the backup part that also restore each dump (default: 1)")
-    parser.add_argument("--only", action="append", choices=("backup", "verify", "retention"),
-                        help="measure only this part; repeat for several (default: all three)")
+    parser.add_argument("--only", action="append", choices=DATABASE_PARTS + ("converge",),
+                        help="measure only this part; repeat for several (default: backup, verify and retention)")
     parser.add_argument("--converge", action="store_true",
-                        help="also time no-change runs of ansible-playbook site.yml on the lab hosts (needs make lab)")
+                        help="also time site.yml on throwaway podman hosts (the same as --only converge added to "
+                             "the other parts)")
+    parser.add_argument("--converge-hosts", type=host_counts, default=[2, 4, 8], metavar="N,N,...",
+                        help="host counts of the converge part, each even: half db hosts, half app hosts "
+                             "(default: 2,4,8)")
     parser.add_argument("--note", action="append", default=[],
                         help="sentence to print at the top of the page, such as what else ran on the machine; "
                              "repeat for several")
@@ -126,7 +144,7 @@ def first_line(argv):
     return lines[0].strip("* ")
 
 
-def describe_machine(cluster):
+def describe_machine(cluster=None):
     cpu_model = None
     with open("/proc/cpuinfo", encoding="utf-8") as handle:
         for line in handle:
@@ -135,19 +153,23 @@ def describe_machine(cluster):
                 break
     with open("/proc/meminfo", encoding="utf-8") as handle:
         memory_kb = int(next(line for line in handle if line.startswith("MemTotal")).split()[1])
-    return {
+    machine = {
         "cpu_model": cpu_model,
         "cores": os.cpu_count(),
         "memory_gb": round(memory_kb / 1024 / 1024, 1),
         "kernel": platform.release(),
-        "postgresql": cluster.value("SELECT version()"),
-        "pg_dump": first_line([cluster.bin("pg_dump"), "--version"]),
-        "gzip": first_line(["gzip", "--version"]),
-        "zstd": first_line(["zstd", "--version"]),
-        "pigz": first_line(["pigz", "--version"]),
         "python": platform.python_version(),
         "load_average_start": os.getloadavg(),
     }
+    if cluster is not None:
+        machine.update({
+            "postgresql": cluster.value("SELECT version()"),
+            "pg_dump": first_line([cluster.bin("pg_dump"), "--version"]),
+            "gzip": first_line(["gzip", "--version"]),
+            "zstd": first_line(["zstd", "--version"]),
+            "pigz": first_line(["pigz", "--version"]),
+        })
+    return machine
 
 
 def log_sample(message):
@@ -159,13 +181,30 @@ def raise_on_sigterm(signum, frame):
 
 
 def measure(args):
-    """Run the benchmarks on a new cluster and return the results document."""
+    """Run the requested parts and return the results document."""
     defaults = read_role_defaults()
-    parts = args.only or ["backup", "verify", "retention"]
+    parts = list(args.only or DATABASE_PARTS)
+    if args.converge and "converge" not in parts:
+        parts.append("converge")
     started = datetime.datetime.now(datetime.timezone.utc)
     results = {"started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "runs": args.runs, "notes": args.note,
                "command": shlex.join([interpreter_name(), "bench/run.py"] + sys.argv[1:]), "role_defaults": defaults}
 
+    if any(part in DATABASE_PARTS for part in parts):
+        measure_database(args, parts, defaults, results)
+    else:
+        results["machine"] = describe_machine()
+    if "converge" in parts:
+        results["converge"] = converge.run(args.converge_hosts, args.runs, log_sample)
+        results["machine"]["load_average_end"] = os.getloadavg()
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    results["finished_at"] = finished.strftime("%Y-%m-%dT%H:%M:%SZ")
+    results["total_seconds"] = round((finished - started).total_seconds(), 1)
+    return results
+
+
+def measure_database(args, parts, defaults, results):
+    """Measure the database parts on a new cluster and add them to results."""
     cluster = Cluster(args.pg_bin)
     try:
         cluster.start()
@@ -190,13 +229,6 @@ def measure(args):
         results["machine"]["load_average_end"] = os.getloadavg()
     finally:
         cluster.stop()
-
-    if args.converge:
-        results["converge"] = converge.run(args.runs, log_sample)
-    finished = datetime.datetime.now(datetime.timezone.utc)
-    results["finished_at"] = finished.strftime("%Y-%m-%dT%H:%M:%SZ")
-    results["total_seconds"] = round((finished - started).total_seconds(), 1)
-    return results
 
 
 def main(argv=None):
