@@ -10,6 +10,7 @@ GOAL_NAIVE_OVER_DEFAULT = 2.0
 GOAL_FAST_OVER_FLOOR = 1.3
 GOAL_VERIFY_OVER_BARE = 1.2
 GOAL_MAX_INSERT_SECONDS = 1.0
+GOAL_NO_CHANGE_SECONDS_TWO_HOSTS = 30.0
 
 
 def seconds(value):
@@ -216,16 +217,32 @@ def converge_section(results):
     lines = ["## Converge", "",
              "`%s` on throwaway podman hosts, half db hosts and half app hosts, created for each host count "
              "and removed after it. Task results are ok plus skipped plus failed, summed over the hosts of "
-             "PLAY RECAP. The no-change time is the median of %d runs after the first run."
-             % (converge["command"], results["runs"]), "",
+             "PLAY RECAP. The no-change time is the median of %d runs after the first run.%s"
+             % (converge["command"], converge.get("runs", results["runs"]), earlier_run(converge)), "",
              "| hosts | tasks | first run | no-change median | changed in no-change runs |",
              "|---:|---:|---:|---:|---:|"]
     for entry in converge["by_hosts"]:
         lines.append("| %d | %d | %s | %s | %d |"
                      % (entry["hosts"], entry["tasks"], seconds(entry["first_run"]["wall_seconds"]),
                         seconds(entry["median_wall_seconds"]), entry["changed_total"]))
+    two_hosts = [entry for entry in converge["by_hosts"] if entry["hosts"] == 2]
+    if two_hosts:
+        no_change = two_hosts[0]["median_wall_seconds"]
+        met = no_change < GOAL_NO_CHANGE_SECONDS_TWO_HOSTS and two_hosts[0]["changed_total"] == 0
+        lines.extend(["", "Goal: a no-change run under %.0f s for two hosts, with nothing changed. This run: %s, %s."
+                      % (GOAL_NO_CHANGE_SECONDS_TWO_HOSTS, seconds(no_change),
+                         "met in this run" if met else "not met in this run")])
     lines.append("")
     return lines
+
+
+def earlier_run(converge):
+    """Say which earlier run measured the converge part, when it was copied from one."""
+    if "source" not in converge:
+        return ""
+    return (" This part was measured by an earlier run, `bench/results/%s` (started %s, 1-minute load average "
+            "%.2f at its start), and copied into this run's results with `--converge-from`, because it needs "
+            "no database and takes long." % (converge["source"], converge["started_at"], converge["load_average"][0]))
 
 
 def converge_only_page(results):

@@ -78,6 +78,9 @@ def parse_args(argv):
                              "repeat for several")
     parser.add_argument("--pg-bin", default=DEFAULT_PG_BIN,
                         help="directory of the PostgreSQL 15 programs (default: %(default)s)")
+    parser.add_argument("--converge-from", metavar="RESULTS_JSON",
+                        help="copy the converge part of an earlier results file into this run's results, for a "
+                             "run that does not measure it")
     parser.add_argument("--report-only", metavar="RESULTS_JSON",
                         help="regenerate docs/benchmarks.md from a results file and measure nothing")
     parser.add_argument("--no-page", action="store_true", help="write the results JSON but not docs/benchmarks.md")
@@ -231,6 +234,19 @@ def measure_database(args, parts, defaults, results):
         cluster.stop()
 
 
+def earlier_converge(path):
+    """Return the converge part of an earlier results file, with where and when it was measured."""
+    with open(path, encoding="utf-8") as handle:
+        earlier = json.load(handle)
+    if "converge" not in earlier:
+        raise SystemExit("%s has no converge part; run bench/run.py --only converge first" % path)
+    converge = dict(earlier["converge"])
+    converge.update(source=os.path.basename(path), runs=earlier["runs"], started_at=earlier["started_at"],
+                    load_average=[earlier["machine"]["load_average_start"][0],
+                                  earlier["machine"].get("load_average_end", [None])[0]])
+    return converge
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -240,6 +256,8 @@ def main(argv=None):
     else:
         signal.signal(signal.SIGTERM, raise_on_sigterm)
         results = measure(args)
+        if args.converge_from and "converge" not in results:
+            results["converge"] = earlier_converge(args.converge_from)
         os.makedirs(args.results_dir, exist_ok=True)
         path = os.path.join(args.results_dir, results["started_at"].replace(":", "") + ".json")
         with open(path, "w", encoding="utf-8") as handle:
