@@ -1,5 +1,3 @@
-# The podman connection of containers.podman with pipelining.
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Connection plugin for the lab and molecule hosts: podman exec with pipelining."""
 
 DOCUMENTATION = """
@@ -38,7 +36,7 @@ DOCUMENTATION = """
           - name: ansible_user
       podman_extra_args:
         description:
-          - Extra arguments to pass to the podman command line.
+          - Options added to every podman command, before its subcommand (for example C(--log-level=debug)).
         default: ''
         ini:
           - section: defaults
@@ -49,7 +47,7 @@ DOCUMENTATION = """
           - name: ANSIBLE_PODMAN_EXTRA_ARGS
       podman_executable:
         description:
-          - Executable for podman command.
+          - Name or path of the podman program on the controller.
         default: podman
         vars:
           - name: ansible_podman_executable
