@@ -80,7 +80,7 @@ def parse_args(argv):
                         help="directory of the PostgreSQL 15 programs (default: %(default)s)")
     parser.add_argument("--converge-from", metavar="RESULTS_JSON",
                         help="copy the converge part of an earlier results file into this run's results, for a "
-                             "run that does not measure it")
+                             "run that does not measure it; with --report-only, into the page only")
     parser.add_argument("--report-only", metavar="RESULTS_JSON",
                         help="regenerate docs/benchmarks.md from a results file and measure nothing")
     parser.add_argument("--no-page", action="store_true", help="write the results JSON but not docs/benchmarks.md")
@@ -253,6 +253,8 @@ def main(argv=None):
     if args.report_only:
         with open(args.report_only, encoding="utf-8") as handle:
             results = json.load(handle)
+        if args.converge_from:
+            results["converge"] = earlier_converge(args.converge_from)
     else:
         signal.signal(signal.SIGTERM, raise_on_sigterm)
         results = measure(args)
