@@ -282,11 +282,12 @@ def defaults_section(results):
         lines.append(
             "- `pg_backup_db_compression: %s`, `pg_backup_db_compression_level: %d`, "
             "`pg_backup_db_compression_threads: %d`: the worker wrote the full backup in %s (the naive "
-            "pipeline took %s as long) at %s of the naive file's size, and the backup restored in %s. The rule for the default is "
-            "the fastest setting whose file is no larger than the naive pipeline's; in this run that was "
-            "\"%s\". zstd runs in processes of its own beside pg_dump, while pg_dump's gzip compresses in "
-            "pg_dump's process. The price is the restore: a piped archive must be decompressed to a file "
-            "before a parallel pg_restore, which needs free space for the uncompressed archive."
+            "pipeline took %s as long) at %s of the naive file's size, and the backup restored in %s. The "
+            "fastest case whose file was no larger than the naive pipeline's was \"%s\"; "
+            "`roles/pg_backup/defaults/main.yml` says how the default weighs speed against size. zstd runs in "
+            "processes of its own beside pg_dump, while pg_dump's gzip compresses in pg_dump's process. The "
+            "price is the restore: a piped archive must be decompressed to a file before a parallel "
+            "pg_restore, which needs free space for the uncompressed archive."
             % (backup_defaults["compression"], backup_defaults["level"], backup_defaults["threads"],
                seconds(default["dump_wall_seconds"]), times(summary["naive_over_default_wall"]),
                times(summary["default_over_naive_bytes"]), seconds(default["restore_wall_seconds"]),

@@ -255,6 +255,10 @@ def main(argv=None):
             results = json.load(handle)
         if args.converge_from:
             results["converge"] = earlier_converge(args.converge_from)
+        # Notes given now describe the measured run, such as load that it
+        # could not see.
+        results["notes"] = results.get("notes", []) + [note for note in args.note
+                                                       if note not in results.get("notes", [])]
     else:
         signal.signal(signal.SIGTERM, raise_on_sigterm)
         results = measure(args)
