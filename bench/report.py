@@ -217,7 +217,7 @@ def converge_section(results):
     lines = ["## Converge", "",
              "`%s` on throwaway podman hosts, half db hosts and half app hosts, created for each host count "
              "and removed after it. Task results are ok plus skipped plus failed, summed over the hosts of "
-             "PLAY RECAP. The no-change time is the median of %d runs after the first run.%s"
+             "PLAY RECAP. The no-change time is the median of the runs after the first run (%d).%s"
              % (converge["command"], converge.get("runs", results["runs"]), earlier_run(converge)), "",
              "| hosts | tasks | first run | no-change median | changed in no-change runs |",
              "|---:|---:|---:|---:|---:|"]
@@ -240,7 +240,7 @@ def earlier_run(converge):
     """Say which earlier run measured the converge part, when it was copied from one."""
     if "source" not in converge:
         return ""
-    return (" This part was measured by an earlier run, `bench/results/%s` (started %s, 1-minute load average "
+    return (" This part was measured by another run, `bench/results/%s` (started %s, 1-minute load average "
             "%.2f at its start), and copied into this run's results with `--converge-from`, because it needs "
             "no database and takes long." % (converge["source"], converge["started_at"], converge["load_average"][0]))
 
