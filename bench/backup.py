@@ -21,11 +21,22 @@ log = logging.getLogger("bench.backup")
 
 SCRATCH = "bench_restore"
 
-# Restore of a custom archive piped through zstd: decompress it to a file,
-# which pg_restore -j needs, as docs/restore.md does by hand. timed_restore
-# removes the file.
-ZSTD_RESTORE = "zstd -q -d -c {out} > {out}.restore && {pg}/pg_restore -j 2 --exit-on-error -d {scratch} {out}.restore"
 CUSTOM_RESTORE = "{pg}/pg_restore -j 2 --exit-on-error -d {scratch} {out}"
+# Commands that write a piped archive's decompressed form to stdout.
+DECOMPRESSORS = {"zstd": "zstd -q -d -c", "pigz": "pigz -d -c"}
+
+
+def decompress_first(compression, restore, path="{out}"):
+    """Return restore run on a decompressed copy, path.restore, written first.
+
+    pg_restore -j needs a seekable file, as docs/restore.md explains. The
+    caller removes the copy.
+    """
+    return "%s %s > %s.restore && %s" % (DECOMPRESSORS[compression], path, path,
+                                         restore.replace(path, path + ".restore"))
+
+
+ZSTD_RESTORE = decompress_first("zstd", CUSTOM_RESTORE)
 
 
 def zstd_case(level):
@@ -62,11 +73,11 @@ CASES = [
 
 # Parallel restore command of each pg_backup_db_compression.
 DEFAULT_RESTORES = {"gzip": CUSTOM_RESTORE, "none": CUSTOM_RESTORE, "zstd": ZSTD_RESTORE,
-                    "pigz": ZSTD_RESTORE.replace("zstd -q", "pigz")}
+                    "pigz": decompress_first("pigz", CUSTOM_RESTORE)}
 # A piped archive can also stream into one pg_restore, with no file and
 # so with no parallel jobs.
-STREAMED_RESTORES = {"zstd": "zstd -q -d -c {out} | {pg}/pg_restore --exit-on-error -d {scratch}",
-                     "pigz": "pigz -d -c {out} | {pg}/pg_restore --exit-on-error -d {scratch}"}
+STREAMED_RESTORES = {compression: "%s {out} | {pg}/pg_restore --exit-on-error -d {scratch}" % command
+                     for compression, command in DECOMPRESSORS.items()}
 
 
 def default_case(defaults):

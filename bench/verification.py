@@ -6,6 +6,7 @@ import sys
 import time
 
 import worker
+from backup import decompress_first
 from measure import median_of, ratio, run_timed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,8 +26,8 @@ SCRATCH = "bench_bare_restore"
 RESTORE = ("{pg}/pg_restore --exit-on-error --no-owner --no-privileges --jobs={jobs} "
            "--dbname={scratch} {path}")
 BARE_COMMANDS = {
-    "zstd": "zstd -q -d -c {path} > {path}.restore && " + RESTORE.replace("{path}", "{path}.restore"),
-    "pigz": "pigz -d -c {path} > {path}.restore && " + RESTORE.replace("{path}", "{path}.restore"),
+    "zstd": decompress_first("zstd", RESTORE, "{path}"),
+    "pigz": decompress_first("pigz", RESTORE, "{path}"),
     "gzip": RESTORE,
     "none": RESTORE,
 }
