@@ -76,13 +76,13 @@ def podman_object_exists(kind, name, env):
 def check_names_free(host_count, env):
     """Raise when a container or the network that lab-up would create already exists."""
     db_hosts, app_hosts = host_names(host_count)
-    taken = [name for name in db_hosts + app_hosts if podman_object_exists("container", name, env)]
+    existing = [name for name in db_hosts + app_hosts if podman_object_exists("container", name, env)]
     if podman_object_exists("network", NETWORK, env):
-        taken.append("network " + NETWORK)
-    if taken:
+        existing.append("network " + NETWORK)
+    if existing:
         raise RuntimeError("podman objects already exist: %s. They were not made by this run, so it leaves them; "
                            "remove them when they are stale (make the lab-down of the inventory that made them)."
-                           % ", ".join(taken))
+                           % ", ".join(existing))
 
 
 def parse_recap(output):

@@ -161,8 +161,8 @@ def verification_section(results):
     return ["## Verification", "",
             "tradeops' verification with the pg_backup_verify role's defaults (manifest, sha256, listing, "
             "restore with %d jobs, row counts, amcheck%s) of a %s backup that the worker wrote with the "
-            "pg_backup role's defaults, against creating a database, the same restore as in the table of "
-            "the backup part, and dropping the database."
+            "pg_backup role's defaults. The bare method creates a database, restores as in the table of "
+            "the backup part, and drops the database."
             % (defaults["jobs"], " with heapallindexed" if defaults["heapallindexed"] else " without heapallindexed",
                megabytes(verification["backup_bytes"])), "",
             "| method | wall | of which pg_restore |", "|---|---:|---:|",
