@@ -44,6 +44,12 @@ def test_report_says_ok(report):
     assert report["backups"][0]["restore_seconds"] > 0
 
 
+def test_drill_checks_heapallindexed(report):
+    checks = {check["name"]: check for check in report["backups"][0]["checks"]}
+    assert checks["amcheck"]["status"] == "ok"
+    assert "with heapallindexed" in checks["amcheck"]["detail"]
+
+
 def test_markdown_report_exists(report):
     path = os.path.join(REPORT_DIR, "restore-drill-%s-%s.md" % (report["host"], report["started_at"]))
     with open(path, encoding="utf-8") as handle:
@@ -89,6 +95,10 @@ def test_scheduled_job_verifies(host):
     assert job.rc == 0, host.file("/var/log/tradeops/verify-backups.log").content_string
     record = json.loads(host.file(newest_full_backup(host) + ".verify.json").content_string)
     assert record["status"] == "ok"
+    # The daily job leaves heapallindexed to the drill.
+    amcheck = {check["name"]: check for check in record["checks"]}["amcheck"]
+    assert amcheck["status"] == "ok"
+    assert "heapallindexed" not in amcheck["detail"]
     assert "exit_code=0" in host.file("/var/lib/tradeops/status/verify-backups.status").content_string
 
 
