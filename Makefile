@@ -77,7 +77,7 @@ lint: venv
 
 # One pytest session per folder: each folder's conftest.py has helpers its
 # tests import by the name "conftest", which would clash in one session.
-pytest: venv
+pytest: venv image
 	status=0; \
 	for dir in tests/*/; do \
 	    echo "=== pytest $$dir"; \

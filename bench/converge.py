@@ -4,8 +4,9 @@ For each host count N it writes an inventory in a temporary directory with
 N/2 db hosts (tradeops-bench-db-1, ...) and N/2 app hosts
 (tradeops-bench-app-1, ...), creates their containers with
 playbooks/lab-up.yml on the podman network tradeops-bench, times a first
-site.yml run and then --runs no-change runs, and removes the containers and
-the network with playbooks/lab-down.yml, also after an error. Every host
+site.yml run and then --runs no-change runs under each strategy of
+STRATEGIES, and removes the containers and the network with
+playbooks/lab-down.yml, also after an error. Every host
 gets the lab's group_vars: each db host runs its own PostgreSQL, and every
 app host uses the first db host (tradeops_db_host is groups['db'][0]).
 
@@ -32,6 +33,15 @@ NETWORK = "tradeops-bench"
 HOST_PREFIX = "tradeops-bench-"
 RECAP_LINE = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
                         r"\s+skipped=(\d+)")
+
+
+# The ways site.yml runs, by the name the results use. The first is what
+# ansible.cfg sets, and it also makes the first run. The second is stock
+# ansible-core with the pipelining podman connection.
+STRATEGIES = (
+    ("mitogen_linear", {}, []),
+    ("linear", {"ANSIBLE_STRATEGY": "linear"}, ["-e", "ansible_connection=podman_pipelined"]),
+)
 
 
 def playbook_env(secrets_dir):
@@ -107,8 +117,8 @@ def ansible_playbook(command, env):
     return process.stdout, wall
 
 
-def run_site(inventory, env):
-    output, wall = ansible_playbook(["ansible-playbook", "-i", inventory, "site.yml"], env)
+def run_site(inventory, env, extra_args=()):
+    output, wall = ansible_playbook(["ansible-playbook", "-i", inventory, "site.yml"] + list(extra_args), env)
     hosts = parse_recap(output)
     # ansible.cfg hides skipped tasks (display_skipped_hosts = false), so the
     # count comes from PLAY RECAP, whose ok includes the changed tasks.
@@ -132,20 +142,26 @@ def measure_hosts(host_count, runs, log_sample):
             first = run_site(inventory, env)
             log_sample("converge, %d hosts, first run: %s s, %d tasks, %d changed"
                        % (host_count, first["wall_seconds"], first["tasks"], first["changed"]))
-            samples = []
-            for round_number in range(runs):
-                samples.append(run_site(inventory, env))
-                log_sample("converge, %d hosts, no-change run %d: %s s, %d tasks, %d changed"
-                           % (host_count, round_number + 1, samples[-1]["wall_seconds"], samples[-1]["tasks"],
-                              samples[-1]["changed"]))
+            by_strategy = {}
+            for strategy, strategy_env, extra_args in STRATEGIES:
+                samples = []
+                for round_number in range(runs):
+                    samples.append(run_site(inventory, dict(env, **strategy_env), extra_args))
+                    log_sample("converge, %d hosts, %s, no-change run %d: %s s, %d tasks, %d changed"
+                               % (host_count, strategy, round_number + 1, samples[-1]["wall_seconds"],
+                                  samples[-1]["tasks"], samples[-1]["changed"]))
+                by_strategy[strategy] = {"samples": samples, "median_wall_seconds": median_of(samples, "wall_seconds"),
+                                         "changed_total": sum(sample["changed"] for sample in samples)}
         finally:
             log.info("removing the %d hosts and the network %s", host_count, NETWORK)
             ansible_playbook(["ansible-playbook", "-i", inventory, "playbooks/lab-down.yml"] + network_args, env)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    return {"hosts": host_count, "first_run": first, "samples": samples,
-            "median_wall_seconds": median_of(samples, "wall_seconds"), "tasks": samples[-1]["tasks"],
-            "changed_total": sum(sample["changed"] for sample in samples)}
+    default = by_strategy[STRATEGIES[0][0]]
+    return {"hosts": host_count, "first_run": first, "strategy": STRATEGIES[0][0], "samples": default["samples"],
+            "median_wall_seconds": default["median_wall_seconds"], "tasks": default["samples"][-1]["tasks"],
+            "changed_total": sum(entry["changed_total"] for entry in by_strategy.values()),
+            "by_strategy": by_strategy}
 
 
 def run(host_counts, runs, log_sample):
