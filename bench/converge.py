@@ -31,6 +31,8 @@ log = logging.getLogger("bench.converge")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETWORK = "tradeops-bench"
 HOST_PREFIX = "tradeops-bench-"
+TASK_LINE = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(.*)\]")
+CHANGED_LINE = re.compile(r"^changed: \[([^\]]+)\]")
 RECAP_LINE = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
                         r"\s+skipped=(\d+)")
 
@@ -106,6 +108,21 @@ def parse_recap(output):
     return hosts
 
 
+def changed_tasks(output):
+    """Return "host: task" for every task result that PLAY output reports as changed."""
+    changed = []
+    task = None
+    for line in output.splitlines():
+        match = TASK_LINE.match(line)
+        if match:
+            task = match.group(1)
+            continue
+        match = CHANGED_LINE.match(line)
+        if match:
+            changed.append("%s: %s" % (match.group(1), task))
+    return changed
+
+
 def ansible_playbook(command, env):
     """Run an ansible-playbook command from the repository; return its stdout and wall seconds."""
     started = time.perf_counter()
@@ -125,6 +142,7 @@ def run_site(inventory, env, extra_args=()):
     return {"wall_seconds": round(wall, 1),
             "tasks": sum(host["ok"] + host["skipped"] + host["failed"] for host in hosts.values()),
             "changed": sum(host["changed"] for host in hosts.values()),
+            "changed_tasks": changed_tasks(output),
             "hosts": hosts}
 
 
@@ -150,6 +168,8 @@ def measure_hosts(host_count, runs, log_sample):
                     log_sample("converge, %d hosts, %s, no-change run %d: %s s, %d tasks, %d changed"
                                % (host_count, strategy, round_number + 1, samples[-1]["wall_seconds"],
                                   samples[-1]["tasks"], samples[-1]["changed"]))
+                    for task in samples[-1]["changed_tasks"]:
+                        log.warning("changed in a no-change run: %s", task)
                 by_strategy[strategy] = {"samples": samples, "median_wall_seconds": median_of(samples, "wall_seconds"),
                                          "changed_total": sum(sample["changed"] for sample in samples)}
         finally:

@@ -731,7 +731,10 @@ def compression_label(compression, level):
 
 
 def backup_database(settings, kind, versions, log, dry_run):
-    """Dump `kind` of the database in one exported snapshot; return the manifest path."""
+    """Dump `kind` of the database in one exported snapshot; return the manifest path and the sha256.
+
+    A dry run writes nothing and returns None.
+    """
     import psycopg2  # pylint: disable=import-outside-toplevel
 
     kind_settings = settings.kind_settings[kind]
@@ -794,7 +797,7 @@ def backup_database(settings, kind, versions, log, dry_run):
     finally:
         conn.close()
     log.info("wrote %s (%d bytes, sha256 %s)" % (final_path, size, sha256))
-    return manifest_path
+    return manifest_path, sha256
 
 
 def check_versions(settings, log):
@@ -825,7 +828,7 @@ def tar_extension(compression):
 
 
 def backup_files(settings, kind, log, dry_run):
-    """Archive the kind's paths with tar; return the manifest path."""
+    """Archive the kind's paths with tar; return the manifest path and the sha256, or None in a dry run."""
     kind_settings = settings.kind_settings[kind]
     compression = kind_settings["compression"]
     level = kind_settings["compression_level"]
@@ -876,15 +879,20 @@ def backup_files(settings, kind, log, dry_run):
     }
     manifest_path = write_manifest(final_path, manifest, settings)
     log.info("wrote %s (%d bytes, sha256 %s)" % (final_path, size, sha256))
-    return manifest_path
+    return manifest_path, sha256
 
 
 # --------------------------------------------------------------------------
 # Retention
 
 
-def is_good_backup(directory, name, require_verified):
-    """True when name has a manifest whose size and sha256 match it (and, if required, an ok verify record)."""
+def is_good_backup(directory, name, require_verified, written=None):
+    """True when name has a manifest whose size and sha256 match it (and, if required, an ok verify record).
+
+    `written` maps the names that this run wrote to the sha256 computed as
+    it wrote them; those files are not read again. The checks that read
+    no backup come first, so a backup that fails one is never hashed.
+    """
     path = os.path.join(directory, name)
     try:
         with open(path + ".manifest.json", encoding="utf-8") as handle:
@@ -893,24 +901,26 @@ def is_good_backup(directory, name, require_verified):
             return False
         if manifest.get("size_bytes") != os.stat(path).st_size:
             return False
-        if manifest.get("sha256") != sha256_of(path):
-            return False
         if require_verified:
             with open(path + ".verify.json", encoding="utf-8") as handle:
                 record = json.load(handle)
             if not isinstance(record, dict) or record.get("status") != "ok":
                 return False
+        actual = (written or {}).get(name) or sha256_of(path)
+        if manifest.get("sha256") != actual:
+            return False
     except (OSError, ValueError):
         return False
     return True
 
 
-def apply_retention(settings, kind, now, log, dry_run):
+def apply_retention(settings, kind, now, log, dry_run, written=None):
     """Delete the kind's backups older than its window, except the newest keep_min good ones.
 
     The age of a backup is the UTC time stamp in its name. A backup is
     deleted with its manifest and verify record. Files whose names the
-    kind's strict pattern does not match are never touched.
+    kind's strict pattern does not match are never touched. `written` is
+    as for is_good_backup.
     """
     kind_settings = settings.kind_settings[kind]
     directory = kind_settings["directory"]
@@ -930,7 +940,7 @@ def apply_retention(settings, kind, now, log, dry_run):
     for _, name in backups:
         if len(protected) >= settings.retention_keep_min:
             break
-        if is_good_backup(directory, name, kind in settings.require_verified_kinds):
+        if is_good_backup(directory, name, kind in settings.require_verified_kinds, written):
             protected.add(name)
 
     cutoff = now - datetime.timedelta(days=kind_settings["retention_days"])
@@ -1037,19 +1047,23 @@ def run(args, log):
             remove_stale_temporaries(settings.kind_settings[kind]["directory"], kind, log, dry_run)
             try:
                 if kind in DB_KINDS:
-                    manifest_path = backup_database(settings, kind, versions, log, dry_run)
+                    result = backup_database(settings, kind, versions, log, dry_run)
                 else:
-                    manifest_path = backup_files(settings, kind, log, dry_run)
+                    result = backup_files(settings, kind, log, dry_run)
             except BackupError as exc:
                 log.error("%s backup failed: %s" % (kind, exc.message))
                 failures.append((kind, exc))
                 if exc.code in (EX_UNAVAILABLE, EX_CONFIG):
                     break
                 continue
-            if manifest_path is not None and args.json:
-                print(json.dumps({"kind": kind, "file": manifest_path[:-len(".manifest.json")],
-                                  "manifest": manifest_path}), flush=True)
-            apply_retention(settings, kind, utc_now(), log, dry_run)
+            written = {}
+            if result is not None:
+                manifest_path, sha256 = result
+                backup_path = manifest_path[:-len(".manifest.json")]
+                written[os.path.basename(backup_path)] = sha256
+                if args.json:
+                    print(json.dumps({"kind": kind, "file": backup_path, "manifest": manifest_path}), flush=True)
+            apply_retention(settings, kind, utc_now(), log, dry_run, written)
     finally:
         for lock in locks:
             lock.release()
