@@ -39,10 +39,15 @@ def decompress_first(compression, restore, path="{out}"):
 ZSTD_RESTORE = decompress_first("zstd", CUSTOM_RESTORE)
 
 
-def zstd_case(level):
-    return {"name": "custom_zstd%d" % level, "label": "custom | zstd -T2 -%d" % level,
-            "output": "zstd%d.dump.zst" % level,
-            "dump": "{pg}/pg_dump -Fc -Z0 {db} | zstd -q -T2 -%d > {out}" % level,
+def zstd_case(level, min_match=0):
+    """Return the case of pg_dump piped into zstd at level, with zstd's minMatch set when min_match is not 0."""
+    name, label, tuning = "custom_zstd%d" % level, "custom | zstd -T2 -%d" % level, ""
+    if min_match:
+        name += "_mm%d" % min_match
+        tuning = " --zstd=minMatch=%d" % min_match
+        label += tuning
+    return {"name": name, "label": label, "output": name + ".dump.zst",
+            "dump": "{pg}/pg_dump -Fc -Z0 {db} | zstd -q -T2 -%d%s > {out}" % (level, tuning),
             "restore": ZSTD_RESTORE}
 
 
@@ -62,6 +67,7 @@ CASES = [
     zstd_case(1),
     zstd_case(3),
     zstd_case(7),
+    zstd_case(7, min_match=6),
     zstd_case(8),
     {"name": "directory_gzip6", "label": "directory -j 2 gzip:6", "output": "directory6",
      "dump": "{pg}/pg_dump -Fd -j 2 -Z6 -f {out} {db}",
@@ -83,6 +89,8 @@ STREAMED_RESTORES = {compression: "%s {out} | {pg}/pg_restore --exit-on-error -d
 def default_case(defaults):
     """Build the case of tradeops' default: the real backup worker with the pg_backup role's defaults."""
     label = "tradeops worker, %s:%d" % (defaults["compression"], defaults["level"])
+    if defaults["compression"] == "zstd" and defaults["min_match"]:
+        label += ", minMatch %d" % defaults["min_match"]
     if defaults["compression"] in ("zstd", "pigz"):
         label += ", %d threads" % defaults["threads"]
     extension = {"zstd": ".dump.zst", "pigz": ".dump.gz"}.get(defaults["compression"], ".dump")

@@ -115,7 +115,8 @@ def read_role_defaults():
     return {
         "backup": {"compression": backup_defaults["pg_backup_db_compression"],
                    "level": int(backup_defaults["pg_backup_db_compression_level"]),
-                   "threads": int(backup_defaults["pg_backup_db_compression_threads"])},
+                   "threads": int(backup_defaults["pg_backup_db_compression_threads"]),
+                   "min_match": int(backup_defaults["pg_backup_db_zstd_min_match"])},
         "verify": {"jobs": int(verify_defaults["pg_backup_verify_jobs"]),
                    "heapallindexed": bool(verify_defaults["pg_backup_verify_amcheck_heapallindexed"]),
                    "required_tables": verify_defaults["pg_backup_verify_required_tables"]["full"]},

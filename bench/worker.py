@@ -31,7 +31,8 @@ def write_settings(cluster, database, directory, defaults):
         "tools": {name: shutil.which(name) or "/usr/bin/" + name for name in ("zstd", "pigz", "gzip", "tar")},
         "kind:full": {"directory": directory, "retention_days": "3650",
                       "compression": defaults["compression"], "compression_level": str(defaults["level"]),
-                      "compression_threads": str(defaults["threads"])},
+                      "compression_threads": str(defaults["threads"]),
+                      "zstd_min_match": str(defaults.get("min_match", 0))},
     })
     path = os.path.join(directory, "backup.conf")
     with open(path, "w", encoding="utf-8") as handle:

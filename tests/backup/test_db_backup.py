@@ -102,9 +102,11 @@ def test_schema_backup_has_no_data(setup):
     assert "TABLE DATA" not in listing
 
 
-def test_zstd_backup_restores_through_pipe(setup):
+@pytest.mark.parametrize("min_match", ["0", "6"])
+def test_zstd_backup_restores_through_pipe(setup, min_match):
     setup.set("kind:full", "compression", "zstd")
     setup.set("kind:full", "compression_level", "3")
+    setup.set("kind:full", "zstd_min_match", min_match)
     result = setup.run("--kind", "full")
     assert result.returncode == 0, result.stderr
     [name] = setup.backups("full_backup_")
@@ -113,8 +115,8 @@ def test_zstd_backup_restores_through_pipe(setup):
     unpacked = os.path.join(setup.root, "unpacked.dump")
     with open(unpacked, "wb") as out:
         subprocess.run(["zstd", "-dc", os.path.join(setup.dirs["postgres"], name)], stdout=out, check=True)
-    restore(setup.cluster, unpacked, "backup_test_restore_zstd")
-    count = admin_execute(setup.cluster, "SELECT count(*) FROM tick_data", dbname="backup_test_restore_zstd")
+    restore(setup.cluster, unpacked, "backup_test_restore_zstd" + min_match)
+    count = admin_execute(setup.cluster, "SELECT count(*) FROM tick_data", dbname="backup_test_restore_zstd" + min_match)
     assert count[0][0] == 100000
 
 
@@ -129,6 +131,26 @@ def test_compressor_runs_with_configured_threads(setup, compression, expected):
     result = setup.run("--kind", "full", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert expected in result.stderr
+
+
+def test_zstd_min_match_passed_to_zstd(setup):
+    setup.set("kind:full", "compression", "zstd")
+    setup.set("kind:full", "compression_level", "7")
+    setup.set("kind:full", "compression_threads", "2")
+    setup.set("kind:full", "zstd_min_match", "6")
+    result = setup.run("--kind", "full", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "zstd -q -7 -T2 --zstd=minMatch=6 -c" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["2", "8", "-1"])
+def test_invalid_zstd_min_match_rejected(setup, value):
+    setup.set("kind:full", "compression", "zstd")
+    setup.set("kind:full", "zstd_min_match", value)
+    result = setup.run("--kind", "full")
+    assert result.returncode == 78
+    assert "[kind:full] zstd_min_match is %s; set 3 to 7, or 0 for the level's own" % value in result.stderr
+    assert setup.listing() == []
 
 
 def test_zero_compression_threads_rejected(setup):

@@ -201,6 +201,7 @@ class Settings:
             "compression": get(section, "compression", "none"),
             "compression_level": self.parser.getint(section, "compression_level", fallback=0),
             "compression_threads": self.parser.getint(section, "compression_threads", fallback=1),
+            "zstd_min_match": self.parser.getint(section, "zstd_min_match", fallback=0),
         }
         if kind_settings["compression"] not in COMPRESSIONS:
             raise BackupError(EX_CONFIG, "config file %s: [%s] compression %r is invalid; allowed: %s"
@@ -208,6 +209,9 @@ class Settings:
         if kind_settings["compression_threads"] < 1:
             raise BackupError(EX_CONFIG, "config file %s: [%s] compression_threads is %d; it must be at least 1"
                               % (self.path, section, kind_settings["compression_threads"]))
+        if kind_settings["zstd_min_match"] != 0 and not 3 <= kind_settings["zstd_min_match"] <= 7:
+            raise BackupError(EX_CONFIG, "config file %s: [%s] zstd_min_match is %d; set 3 to 7, or 0 for the "
+                              "level's own" % (self.path, section, kind_settings["zstd_min_match"]))
         if kind_settings["retention_days"] < 1:
             raise BackupError(EX_CONFIG, "config file %s: [%s] retention_days must be at least 1"
                               % (self.path, section))
@@ -538,13 +542,16 @@ class Pipeline:
                                  % (stage.name, stage.process.returncode))
 
 
-def compressor_stage(settings, compression, level, threads=1):
+def compressor_stage(settings, compression, level, threads=1, zstd_min_match=0):
     """Return the Stage that compresses a stream, or None for no outer compressor.
 
-    zstd and pigz compress with `threads` threads; gzip has one.
+    zstd and pigz compress with `threads` threads; gzip has one. A
+    zstd_min_match other than 0 replaces the shortest match that the zstd
+    level looks for.
     """
     if compression == "zstd":
-        return Stage("zstd", [settings.tools["zstd"], "-q", "-%d" % level, "-T%d" % threads, "-c"])
+        tuning = ["--zstd=minMatch=%d" % zstd_min_match] if zstd_min_match else []
+        return Stage("zstd", [settings.tools["zstd"], "-q", "-%d" % level, "-T%d" % threads] + tuning + ["-c"])
     if compression == "pigz":
         return Stage("pigz", [settings.tools["pigz"], "-%d" % level, "-p", str(threads), "-c"])
     if compression == "gzip":
@@ -753,7 +760,7 @@ def backup_database(settings, kind, versions, log, dry_run):
             tables = [] if kind == "schema" else tables_in_snapshot(cur, kind_settings)
             stages = [Stage("pg_dump", pg_dump_argv(settings, kind, kind_settings, snapshot))]
             outer = None if compression == "gzip" else compressor_stage(
-                settings, compression, level, kind_settings["compression_threads"])
+                settings, compression, level, kind_settings["compression_threads"], kind_settings["zstd_min_match"])
             if outer is not None:
                 stages.append(outer)
             if dry_run:
@@ -851,7 +858,8 @@ def backup_files(settings, kind, log, dry_run):
                 # which is expected of logs that are being written.
                 ok_codes=(0, 1))
     stages = [tar]
-    outer = compressor_stage(settings, compression, level, kind_settings["compression_threads"])
+    outer = compressor_stage(settings, compression, level, kind_settings["compression_threads"],
+                             kind_settings["zstd_min_match"])
     if outer is not None:
         stages.append(outer)
     if dry_run:
