@@ -42,7 +42,7 @@ def median_of(samples, key):
     return statistics.median(values)
 
 
-def ratio(numerator, denominator):
+def ratio(numerator, denominator, digits=2):
     if numerator is None or not denominator:
         return None
-    return round(numerator / denominator, 2)
+    return round(numerator / denominator, digits)

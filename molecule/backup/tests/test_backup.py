@@ -55,6 +55,7 @@ def test_db_job_files(host):
     assert conf.group == "tradeops"
     assert conf.mode == 0o640
     assert conf.contains("^kinds = full schema critical$")
+    assert conf.contains("^zstd_min_match = 6$")
     passfile = host.file("/var/lib/tradeops/backup.pgpass")
     assert passfile.user == "tradeops"
     assert passfile.mode == 0o600
