@@ -27,7 +27,8 @@ def run_role(tmp_path, groups, extra_vars):
     playbook.write_text(PLAYBOOK)
     variables = {"cron_jobs_dir": str(tmp_path),
                  "cron_jobs_output_log": str(tmp_path / "cron.log"),
-                 "cron_jobs_output_log_owner": str(os.getuid())}
+                 "cron_jobs_output_log_owner": str(os.getuid()),
+                 "cron_jobs_output_log_group": str(os.getgid())}
     variables.update(extra_vars)
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"),
                ANSIBLE_ROLES_PATH=os.path.join(REPO, "roles"), ANSIBLE_NOCOLOR="1")
