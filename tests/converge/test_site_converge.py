@@ -45,7 +45,7 @@ def test_first_run_provisions_both_hosts(two_hosts):
 def test_second_run_changes_nothing(two_hosts, strategy):
     [sample] = two_hosts["by_strategy"][strategy]["samples"]
     for name, recap in sample["hosts"].items():
-        assert recap == dict(recap, changed=0, failed=0, unreachable=0), (strategy, name)
+        assert recap == dict(recap, changed=0, failed=0, unreachable=0), (strategy, name, sample["changed_tasks"])
 
 
 def test_strategies_run_the_same_tasks(two_hosts):
