@@ -37,7 +37,8 @@ def test_first_run_provisions_both_hosts(two_hosts):
     hosts = two_hosts["first_run"]["hosts"]
     assert sorted(hosts) == ["tradeops-bench-app-1", "tradeops-bench-db-1"]
     for name, recap in hosts.items():
-        assert recap["failed"] == 0 and recap["unreachable"] == 0, (name, recap)
+        assert recap["failed"] == 0, (name, recap)
+        assert recap["unreachable"] == 0, (name, recap)
         assert recap["changed"] > 10, (name, recap)
 
 
