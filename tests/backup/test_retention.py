@@ -99,15 +99,26 @@ def test_damaged_backup_is_not_good(setup):
         assert name in left
 
 
-def test_written_backup_not_read_again(setup, monkeypatch):
+@pytest.fixture
+def hashed(monkeypatch):
+    """Return the list of backup names that the worker's sha256_of reads, in order."""
+    names = []
+    real_sha256_of = worker.sha256_of
+
+    def recording_sha256_of(path):
+        names.append(os.path.basename(path))
+        return real_sha256_of(path)
+
+    monkeypatch.setattr(worker, "sha256_of", recording_sha256_of)
+    return names
+
+
+def test_written_backup_not_read_again(setup, hashed):
     """The backup this run wrote counts as good from the hash taken while writing it; older ones are read."""
     directory = setup.dirs["postgres"]
     newest, *older = [fabricate(directory, "critical_backup", days) for days in (20, 21, 22, 23)]
     with open(os.path.join(directory, newest + ".manifest.json"), encoding="utf-8") as handle:
         newest_sha256 = json.load(handle)["sha256"]
-    hashed = []
-    real_sha256_of = worker.sha256_of
-    monkeypatch.setattr(worker, "sha256_of", lambda path: hashed.append(os.path.basename(path)) or real_sha256_of(path))
     settings = worker.Settings(setup.config_path)
     worker.apply_retention(settings, "critical", NOW, worker.Log(False), False, written={newest: newest_sha256})
     assert hashed == older[:2]
@@ -118,14 +129,11 @@ def test_written_backup_not_read_again(setup, monkeypatch):
     assert older[2] not in left
 
 
-def test_unverified_backup_not_hashed(setup, monkeypatch):
+def test_unverified_backup_not_hashed(setup, hashed):
     setup.set("retention", "require_verified_kinds", "full")
     directory = setup.dirs["postgres"]
     unverified = fabricate(directory, "full_backup", 10)
     verified = [fabricate(directory, "full_backup", days, verified="ok") for days in (11, 12, 13)]
-    hashed = []
-    real_sha256_of = worker.sha256_of
-    monkeypatch.setattr(worker, "sha256_of", lambda path: hashed.append(os.path.basename(path)) or real_sha256_of(path))
     prune(setup, "full")
     assert hashed == verified
     assert unverified not in set(setup.listing())

@@ -542,15 +542,19 @@ class Pipeline:
                                  % (stage.name, stage.process.returncode))
 
 
-def compressor_stage(settings, compression, level, threads=1, zstd_min_match=0):
-    """Return the Stage that compresses a stream, or None for no outer compressor.
+def compressor_stage(settings, kind_settings):
+    """Return the Stage that compresses a kind's stream, or None for no outer compressor.
 
-    zstd and pigz compress with `threads` threads; gzip has one. A
+    zstd and pigz compress with compression_threads threads; gzip has one. A
     zstd_min_match other than 0 replaces the shortest match that the zstd
     level looks for.
     """
+    compression = kind_settings["compression"]
+    level = kind_settings["compression_level"]
+    threads = kind_settings["compression_threads"]
     if compression == "zstd":
-        tuning = ["--zstd=minMatch=%d" % zstd_min_match] if zstd_min_match else []
+        min_match = kind_settings["zstd_min_match"]
+        tuning = ["--zstd=minMatch=%d" % min_match] if min_match else []
         return Stage("zstd", [settings.tools["zstd"], "-q", "-%d" % level, "-T%d" % threads] + tuning + ["-c"])
     if compression == "pigz":
         return Stage("pigz", [settings.tools["pigz"], "-%d" % level, "-p", str(threads), "-c"])
@@ -759,8 +763,7 @@ def backup_database(settings, kind, versions, log, dry_run):
             snapshot = cur.fetchone()[0]
             tables = [] if kind == "schema" else tables_in_snapshot(cur, kind_settings)
             stages = [Stage("pg_dump", pg_dump_argv(settings, kind, kind_settings, snapshot))]
-            outer = None if compression == "gzip" else compressor_stage(
-                settings, compression, level, kind_settings["compression_threads"], kind_settings["zstd_min_match"])
+            outer = None if compression == "gzip" else compressor_stage(settings, kind_settings)
             if outer is not None:
                 stages.append(outer)
             if dry_run:
@@ -858,8 +861,7 @@ def backup_files(settings, kind, log, dry_run):
                 # which is expected of logs that are being written.
                 ok_codes=(0, 1))
     stages = [tar]
-    outer = compressor_stage(settings, compression, level, kind_settings["compression_threads"],
-                             kind_settings["zstd_min_match"])
+    outer = compressor_stage(settings, kind_settings)
     if outer is not None:
         stages.append(outer)
     if dry_run:
@@ -895,7 +897,7 @@ def backup_files(settings, kind, log, dry_run):
 
 
 def is_good_backup(directory, name, require_verified, written=None):
-    """True when name has a manifest whose size and sha256 match it (and, if required, an ok verify record).
+    """Return whether name has a manifest whose size and sha256 match it (and, if required, an ok verify record).
 
     `written` maps the names that this run wrote to the sha256 computed as
     it wrote them; those files are not read again. The checks that read
